@@ -1,0 +1,3 @@
+from lingo.cli import main
+
+raise SystemExit(main())

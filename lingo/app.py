@@ -1,0 +1,197 @@
+"""One lingo process: the proxy, the shared queues, the autoscaler, the platform, batch streams,
+and the health, metrics and stats listeners, started and stopped in the right order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from lingo.autoscaler import Autoscaler
+from lingo.config import ConfigError, Settings
+from lingo.errors import ShuttingDown
+from lingo.metrics import Metrics
+from lingo.platforms.base import Platform
+from lingo.proxy import Forwarder, ProxyHandler
+from lingo.proxy.forwarder import new_session
+from lingo.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+def build_platform(settings: Settings) -> Platform:
+    """The platform named by the settings; configuration problems raise ConfigError."""
+    name = settings.resolved_platform()
+    if name == "kubernetes":
+        from lingo.platforms.kubernetes import KubernetesPlatform
+
+        return KubernetesPlatform(settings)
+    from lingo.platforms.local import LocalPlatform
+    from lingo.platforms.models_file import load_models_file
+
+    if not settings.models_file:
+        raise ConfigError("LINGO_MODELS_FILE (--models-file) is required on the local platform")
+    models = load_models_file(settings.models_file, settings.concurrency, settings.scale_down_delay)
+    return LocalPlatform(models, settings.log_dir)
+
+
+class Lingo:
+    """Everything `lingo serve` runs, wired together around one `Registry` of model queues."""
+
+    def __init__(self, settings: Settings, platform: Platform | None = None) -> None:
+        #: Parsed settings.
+        self.settings = settings
+        #: Where models run.
+        self.platform = platform or build_platform(settings)
+        #: Known models and their queues: the single source of truth for demand.
+        self.registry = Registry(settings.max_queue, on_demand=self._on_demand)
+        hooks: Any = getattr(self.platform, "scaling_hooks", None)
+        #: Sets replica counts from demand.
+        self.autoscaler = Autoscaler(
+            self.registry,
+            self.platform,
+            interval=settings.autoscaling_interval,
+            window=settings.autoscaling_time_window,
+            **({"is_leader": hooks.is_leader, "demand": hooks.demand, "state": hooks} if hooks else {}),
+        )
+        #: Prometheus metrics of this process.
+        self.metrics = Metrics(self.registry, lambda: self.autoscaler.desired)
+        self.autoscaler.listeners.append(self.metrics.observe_scale)
+        #: Bound (host, port) of each listener once started: proxy, health, metrics, stats.
+        self.addresses: dict[str, tuple[str, int]] = {}
+        #: Batch streams (set up by `lingo.batch` when messengers are configured).
+        self.batch: Any = None
+        self.forwarder: Forwarder | None = None
+        self._runners: dict[str, web.AppRunner] = {}
+        self._ready = False
+        self._stopped = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        self.forwarder = Forwarder(new_session(), s.backend_retries, s.max_wait)
+        proxy = ProxyHandler(self.registry, self.forwarder, self.metrics, s.max_body, s.api_keys)
+        await self._listen("health", self._health_app(), s.health_address)
+        await self._listen("metrics", self._metrics_app(), s.metrics_address)
+        await self._listen("stats", self._stats_app(), s.stats_address)
+        await self.platform.start(self.registry)
+        await self.autoscaler.start()
+        await self._listen("proxy", proxy.application(), s.proxy_address)
+        if s.messengers:
+            from lingo.batch import BatchStreams
+
+            self.batch = BatchStreams.from_settings(s, self.registry, self.forwarder, self.metrics)
+            await self.batch.start()
+        self._ready = True
+        log.info("lingo started", extra={name: f"{h}:{p}" for name, (h, p) in self.addresses.items()})
+
+    async def stop(self) -> None:
+        """Stop accepting, answer queued requests 503, let in-flight ones finish, stop replicas."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._ready = False
+        grace = self.settings.shutdown_grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self.batch is not None:
+            await self.batch.stop(grace)
+        proxy = self._runners.pop("proxy", None)
+        if proxy is not None:
+            for site in list(proxy.sites):
+                await site.stop()
+        self.registry.close_all(ShuttingDown("lingo is shutting down; retry on another replica"))
+        while any(q.in_flight for q in self.registry.queues.values()) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if proxy is not None:
+            await proxy.cleanup()
+        await self.autoscaler.stop()
+        await self.platform.stop()
+        if self.forwarder is not None:
+            await self.forwarder.session.close()
+        for runner in self._runners.values():
+            await runner.cleanup()
+        log.info("lingo stopped")
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await self.start()
+            await stop.wait()
+            log.info("signal received; shutting down", extra={"grace": self.settings.shutdown_grace})
+        finally:
+            await self.stop()
+
+    def url(self, listener: str = "proxy") -> str:
+        host, port = self.addresses[listener]
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _on_demand(self, group: str) -> None:
+        self.autoscaler.wake(group)
+
+    async def _listen(self, name: str, app: web.Application, address: tuple[str, int]) -> None:
+        runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=self.settings.shutdown_grace
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, address[0], address[1], backlog=4096, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"cannot listen for {name} on {address[0]}:{address[1]}: {exc.strerror}"
+            ) from None
+        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
+        bound = sockets[0].getsockname() if sockets else address
+        self.addresses[name] = (address[0], int(bound[1]))
+        self._runners[name] = runner
+
+    def _health_app(self) -> web.Application:
+        async def healthz(request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        async def readyz(request: web.Request) -> web.Response:
+            if self._ready and self.platform.synced():
+                return web.Response(text="ready")
+            return web.Response(status=503, text="not ready")
+
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        return app
+
+    def _metrics_app(self) -> web.Application:
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        return app
+
+    def _stats_app(self) -> web.Application:
+        async def stats(request: web.Request) -> web.Response:
+            active = {name: queue.active for name, queue in self.registry.queues.items()}
+            return web.json_response({"activeRequests": active})
+
+        app = web.Application()
+        app.router.add_get("/stats", stats)
+        return app
+
+
+async def serve(settings: Settings) -> None:
+    lingo = Lingo(settings)
+    with contextlib.suppress(asyncio.CancelledError):
+        await lingo.run()

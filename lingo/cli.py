@@ -1,0 +1,63 @@
+"""The `lingo` command: serve, fake-model, demo, batch."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from lingo import __version__, config, fakemodel, logs
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lingo", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lingo {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the proxy, queue, autoscaler and batch streams")
+    config.add_arguments(serve)
+
+    fake = commands.add_parser("fake-model", help="run a fake OpenAI-compatible model server")
+    fakemodel.add_arguments(fake)
+
+    demo = commands.add_parser("demo", help="run lingo locally with two fake models at 0 replicas")
+    demo.add_argument("--port", type=int, default=8080, help="proxy port (health, metrics, stats follow it)")
+
+    try:
+        from lingo.batch.cli import add_parser as add_batch_parser
+    except ImportError:
+        pass
+    else:
+        add_batch_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "fake-model":
+        return fakemodel.run(args)
+    if args.command == "demo":
+        from lingo import demo
+
+        return demo.run(args.port)
+    if args.command == "serve":
+        try:
+            settings = config.load(args)
+            logs.setup(settings.log_level)
+            from lingo.app import serve
+
+            _install_uvloop()
+            asyncio.run(serve(settings))
+        except config.ConfigError as exc:
+            print(f"lingo: configuration error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    return int(args.handler(args))
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

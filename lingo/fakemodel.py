@@ -1,0 +1,239 @@
+"""`lingo fake-model`: a small, fast OpenAI-compatible model server for demos, tests and benchmarks.
+
+It answers completions, chat completions (also as SSE with `stream: true`), embeddings, `/v1/models`
+and `/health`, with knobs for startup delay, latency, per-token delay and failures. Every response
+carries `X-Served-By: <port>` so tests can see how requests spread across replicas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import random
+import time
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class FakeModelOptions:
+    """How the fake behaves."""
+
+    #: Port to listen on.
+    port: int
+    #: Interface to listen on.
+    host: str = "127.0.0.1"
+    #: Seconds before the server starts listening (a model loading).
+    startup_delay: float = 0.0
+    #: Seconds added before every answer.
+    latency: float = 0.0
+    #: Seconds between generated tokens (streamed or not).
+    token_delay: float = 0.0
+    #: Probability of answering 500 instead.
+    failure_rate: float = 0.0
+    #: The first N generation requests are answered 503 (to test retries deterministically).
+    fail_first: int = 0
+    #: Tokens generated when the request sets no max_tokens.
+    tokens: int = 8
+    #: Model name reported by /v1/models.
+    model: str = "fake"
+    #: Length of embedding vectors.
+    dimensions: int = 8
+
+
+class FakeModel:
+    """The request handlers; state is only counters."""
+
+    def __init__(self, options: FakeModelOptions) -> None:
+        self.options = options
+        #: Generation requests answered so far.
+        self.requests = 0
+        self._served_by = {"X-Served-By": str(options.port)}
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_route("*", "/echo/{tail:.*}", self.echo)
+        return app
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"}, headers=self._served_by)
+
+    async def models(self, request: web.Request) -> web.Response:
+        data = [{"id": self.options.model, "object": "model", "created": 0, "owned_by": "fake"}]
+        return web.json_response({"object": "list", "data": data}, headers=self._served_by)
+
+    async def echo(self, request: web.Request) -> web.Response:
+        """Reflects the request: lets tests see exactly what the proxy sent upstream."""
+        body = await request.read()
+        document = {
+            "method": request.method,
+            "path": request.path_qs,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body": body.decode("utf-8", "replace"),
+        }
+        return web.Response(
+            body=orjson.dumps(document), content_type="application/json", headers=self._served_by
+        )
+
+    async def _prelude(self, request: web.Request) -> tuple[dict, web.Response | None]:
+        self.requests += 1
+        try:
+            document = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return {}, self._error(400, "request body is not valid JSON")
+        if not isinstance(document, dict):
+            return {}, self._error(400, "request body must be a JSON object")
+        if self.options.latency:
+            await asyncio.sleep(self.options.latency)
+        if self.requests <= self.options.fail_first:
+            return document, self._error(503, "fake model: failing on purpose (--fail-first)")
+        if self.options.failure_rate and random.random() < self.options.failure_rate:
+            return document, self._error(500, "fake model: failing on purpose (--failure-rate)")
+        return document, None
+
+    def _error(self, status: int, message: str) -> web.Response:
+        body = {"error": {"message": message, "type": "server_error", "code": status}}
+        return web.Response(
+            status=status, body=orjson.dumps(body), content_type="application/json", headers=self._served_by
+        )
+
+    def _token_count(self, document: dict) -> int:
+        wanted = document.get("max_tokens") or document.get("max_completion_tokens") or self.options.tokens
+        return max(1, min(4096, int(wanted))) if isinstance(wanted, int) else self.options.tokens
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        document, failure = await self._prelude(request)
+        if failure is not None:
+            return failure
+        return await self._generate(request, document, chat=False)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        document, failure = await self._prelude(request)
+        if failure is not None:
+            return failure
+        return await self._generate(request, document, chat=True)
+
+    async def _generate(self, request: web.Request, document: dict, chat: bool) -> web.StreamResponse:
+        model = str(document.get("model", self.options.model))
+        count = self._token_count(document)
+        created = int(time.time())
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{self.options.port}-{self.requests}"
+        kind = "chat.completion" if chat else "text_completion"
+        if document.get("stream") is True:
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **self._served_by}
+            )
+            await response.prepare(request)
+            for i in range(count):
+                if self.options.token_delay:
+                    await asyncio.sleep(self.options.token_delay)
+                text = f" token{i}"
+                choice: dict = {"index": 0, "finish_reason": None, "logprobs": None}
+                if chat:
+                    choice["delta"] = {"role": "assistant", "content": text} if i == 0 else {"content": text}
+                else:
+                    choice["text"] = text
+                chunk = {
+                    "id": ident,
+                    "object": f"{kind}.chunk" if chat else kind,
+                    "created": created,
+                    "model": model,
+                    "choices": [choice],
+                }
+                await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            final: dict = {"index": 0, "finish_reason": "length", "logprobs": None}
+            final.update({"delta": {}} if chat else {"text": ""})
+            done = {
+                "id": ident,
+                "object": f"{kind}.chunk" if chat else kind,
+                "created": created,
+                "model": model,
+                "choices": [final],
+            }
+            await response.write(b"data: " + orjson.dumps(done) + b"\n\ndata: [DONE]\n\n")
+            await response.write_eof()
+            return response
+        if self.options.token_delay:
+            await asyncio.sleep(self.options.token_delay * count)
+        text = "".join(f" token{i}" for i in range(count))
+        choice = {"index": 0, "finish_reason": "length", "logprobs": None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        body = {
+            "id": ident,
+            "object": kind,
+            "created": created,
+            "model": model,
+            "choices": [choice],
+            "usage": {"prompt_tokens": 1, "completion_tokens": count, "total_tokens": count + 1},
+        }
+        return web.Response(body=orjson.dumps(body), content_type="application/json", headers=self._served_by)
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        document, failure = await self._prelude(request)
+        if failure is not None:
+            return failure
+        inputs = document.get("input", "")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        data = [
+            {"object": "embedding", "index": i, "embedding": self._vector(str(item))}
+            for i, item in enumerate(items)
+        ]
+        body = {
+            "object": "list",
+            "data": data,
+            "model": str(document.get("model", self.options.model)),
+            "usage": {"prompt_tokens": len(items), "total_tokens": len(items)},
+        }
+        return web.Response(body=orjson.dumps(body), content_type="application/json", headers=self._served_by)
+
+    def _vector(self, text: str) -> list[float]:
+        digest = hashlib.sha256(text.encode()).digest()
+        return [round(digest[i % len(digest)] / 255.0, 6) for i in range(self.options.dimensions)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, required=True, help="port to listen on")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    parser.add_argument("--startup-delay", type=float, default=0.0, help="seconds before listening")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
+    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
+    parser.add_argument("--failure-rate", type=float, default=0.0, help="probability of a 500 answer")
+    parser.add_argument("--fail-first", type=int, default=0, help="answer the first N requests with 503")
+    parser.add_argument("--tokens", type=int, default=8, help="tokens generated without max_tokens")
+    parser.add_argument("--model", default="fake", help="model name listed by /v1/models")
+
+
+def run(args: argparse.Namespace) -> int:
+    options = FakeModelOptions(
+        port=args.port,
+        host=args.host,
+        startup_delay=args.startup_delay,
+        latency=args.latency,
+        token_delay=args.token_delay,
+        failure_rate=args.failure_rate,
+        fail_first=args.fail_first,
+        tokens=args.tokens,
+        model=args.model,
+    )
+    if options.startup_delay:
+        time.sleep(options.startup_delay)
+    web.run_app(
+        FakeModel(options).application(),
+        host=options.host,
+        port=options.port,
+        access_log=None,
+        print=None,
+        handle_signals=True,
+    )
+    return 0

@@ -1,0 +1,48 @@
+"""Which model a request is for: `X-Model` header, JSON body `model`, or multipart field `model`."""
+
+from __future__ import annotations
+
+from email.parser import BytesParser
+from email.policy import HTTP
+
+import orjson
+
+from lingo.errors import BadRequest
+
+
+def model_from_request(header: str | None, content_type: str, body: bytes) -> str:
+    """The requested model name; raises BadRequest when it is missing, invalid or the JSON malformed."""
+    if header:
+        return header.strip()
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type.startswith("multipart/form-data"):
+        return _model_from_multipart(content_type, body)
+    if not body:
+        raise BadRequest('no model given: send a JSON body with "model" or an X-Model header')
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise BadRequest('request body must be a JSON object with a "model" field')
+    return _valid_name(document.get("model"))
+
+
+def _valid_name(model: object) -> str:
+    if model is None:
+        raise BadRequest('no model given: the JSON body has no "model" field')
+    if not isinstance(model, str) or not model.strip():
+        raise BadRequest('"model" must be a non-empty string')
+    return model
+
+
+def _model_from_multipart(content_type: str, body: bytes) -> str:
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise BadRequest("malformed multipart body")
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == "model":
+            payload = part.get_payload(decode=True) or b""
+            return _valid_name(payload.decode("utf-8", "replace").strip())
+    raise BadRequest('no model given: the multipart form has no "model" field')
