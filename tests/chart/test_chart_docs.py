@@ -1,4 +1,4 @@
-"""docs/configuration.md lists every setting exactly as lingo/config.py declares it; values.yaml explains every key."""
+"""docs/configuration.md lists every setting as lingo/config.py declares it; values.yaml explains each key."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_every_setting_is_documented_as_declared():
     rows = {code(row[0]): row for row in table_rows(text, "`lingo serve`")}
     assert set(rows) == {s.flag for s in config.SETTINGS}, "docs table and SETTINGS differ"
     for setting in config.SETTINGS:
-        flag, env, default, _values_key, meaning = rows[setting.flag]
+        _flag, env, default, _values_key, meaning = rows[setting.flag]
         assert code(env) == setting.env, setting.flag
         assert code(default) == setting.default, f"{setting.flag}: docs say {default}"
         assert meaning, setting.flag

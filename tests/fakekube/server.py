@@ -33,10 +33,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient
 
 log = logging.getLogger("fakekube")
 
@@ -673,9 +676,7 @@ class FakeKube:
         except BaseException:
             await runner.cleanup()
             raise
-        server = site._server  # the only way to learn the bound port
-        assert server is not None and isinstance(server, asyncio.base_events.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = runner.addresses[0][1]  # the real port when asked for port 0
         self._stopping = False
         self._runner = runner
 
@@ -756,7 +757,7 @@ class FakeKube:
         path.write_text(yaml.safe_dump(self.kubeconfig(), sort_keys=False))
         return path
 
-    async def api_client(self) -> Any:
+    async def api_client(self) -> ApiClient:
         """A ``kubernetes_asyncio.client.ApiClient`` for this server (caller closes it)."""
         from kubernetes_asyncio import config
 
