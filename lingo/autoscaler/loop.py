@@ -73,12 +73,17 @@ class Autoscaler:
         self._loop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        if self.state is not None:
-            try:
-                self._restored = await self.state.load()
-            except Exception:
-                log.warning("could not load autoscaler state; starting from zero", exc_info=True)
+        await self.restore()
         self._loop_task = asyncio.create_task(self._run(), name="autoscaler")
+
+    async def restore(self) -> None:
+        """Load persisted averages, so a restarted or new leader takes over instead of starting at 0."""
+        if self.state is None:
+            return
+        try:
+            self._restored = await self.state.load()
+        except Exception:
+            log.warning("could not load autoscaler state; starting from zero", exc_info=True)
 
     async def stop(self) -> None:
         tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]

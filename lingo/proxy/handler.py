@@ -59,7 +59,9 @@ class ProxyHandler:
             if request.method == "GET" and request.path.startswith("/v1/models/"):
                 return self._get_model(request.path[len("/v1/models/") :])
             body = await self._read_body(request)
-            model = model_from_request(request.headers.get("X-Model"), request.content_type, body)
+            model = model_from_request(
+                request.headers.get("X-Model"), request.headers.get("Content-Type", ""), body
+            )
         except LingoError as error:
             return error_response(error)
         queue = self.registry.lookup(model)

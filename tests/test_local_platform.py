@@ -1,0 +1,167 @@
+"""The local platform: replicas as processes, from zero and back, crash replacement, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import aiohttp
+import openai
+
+from tests.conftest import free_port, wait_for
+
+
+def alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+async def test_model_scales_from_zero_and_back_to_zero(start_lingo) -> None:
+    lingo = await start_lingo(
+        """
+        models:
+          - name: m
+            command: [lingo, fake-model, --port, "{port}"]
+            scale_down_delay: 0.5
+        """
+    )
+    platform = lingo.platform
+    client = openai.AsyncOpenAI(base_url=lingo.url() + "/v1", api_key="x", max_retries=0)
+    await client.completions.create(model="m", prompt="x")
+    [replica] = platform.replicas["m"]  # type: ignore[attr-defined]
+    assert replica.ready
+    await wait_for(lambda: not platform.replicas["m"], timeout=15)  # type: ignore[attr-defined]
+    assert replica.process.returncode is not None
+    assert lingo.registry.queues["m"].endpoints == {}
+    assert replica.log_path.exists()
+    await client.close()
+
+
+async def test_crashed_replica_is_noticed_and_replaced(start_lingo) -> None:
+    lingo = await start_lingo(
+        """
+        models:
+          - name: m
+            command: [lingo, fake-model, --port, "{port}"]
+            min_replicas: 1
+        """
+    )
+    platform = lingo.platform
+    queue = lingo.registry.queues["m"]
+    await wait_for(lambda: len(queue.endpoints) == 1)
+    [first] = platform.replicas["m"]  # type: ignore[attr-defined]
+    os.kill(first.process.pid, signal.SIGKILL)
+    await wait_for(lambda: first.url not in queue.endpoints, timeout=5)
+    await wait_for(lambda: len(queue.endpoints) == 1, timeout=15)
+    [second] = platform.replicas["m"]  # type: ignore[attr-defined]
+    assert second is not first and second.ready
+    client = openai.AsyncOpenAI(base_url=lingo.url() + "/v1", api_key="x", max_retries=0)
+    assert (await client.completions.create(model="m", prompt="x")).choices
+    await client.close()
+
+
+def serve(tmp_path: Path, models: str, *flags: str) -> tuple[subprocess.Popen[bytes], str, str]:
+    path = tmp_path / "models.yaml"
+    path.write_text(textwrap.dedent(models))
+    proxy, health = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lingo", "serve", "--models-file", str(path), "--platform", "local",
+         "--proxy-address", f"127.0.0.1:{proxy}", "--health-probe-bind-address", f"127.0.0.1:{health}",
+         "--metrics-bind-address", f"127.0.0.1:{free_port()}", "--stats-address", f"127.0.0.1:{free_port()}",
+         "--log-dir", str(tmp_path / "logs"), *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    return process, f"http://127.0.0.1:{proxy}", f"http://127.0.0.1:{health}"
+
+
+async def wait_ready(health: str) -> None:
+    async def ready() -> bool:
+        try:
+            async with aiohttp.ClientSession() as s, s.get(health + "/readyz") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    for _ in range(300):
+        if await ready():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("lingo did not become ready")
+
+
+TWO_MODELS = """
+models:
+  - name: slow
+    command: [lingo, fake-model, --port, "{port}", --latency, "1.5"]
+    min_replicas: 1
+    concurrency: 1
+  - name: idle
+    command: [lingo, fake-model, --port, "{port}"]
+    min_replicas: 1
+"""
+
+
+async def test_sigterm_finishes_in_flight_answers_queued_503_and_leaves_no_child(tmp_path: Path) -> None:
+    process, proxy, health = serve(tmp_path, TWO_MODELS, "--shutdown-grace", "10s")
+    try:
+        await wait_ready(health)
+        await wait_for(lambda: len(children(process.pid)) == 2, timeout=10)
+        replicas = children(process.pid)
+        async with aiohttp.ClientSession() as session:
+            async def ask() -> int:
+                async with session.post(proxy + "/v1/completions", json={"model": "slow"}) as r:
+                    await r.read()
+                    return r.status
+
+            in_flight = asyncio.create_task(ask())
+            await asyncio.sleep(0.5)
+            queued = asyncio.create_task(ask())
+            await asyncio.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            assert await queued == 503
+            assert await in_flight == 200
+        assert await asyncio.to_thread(process.wait, 20) == 0
+        assert not [pid for pid in replicas if alive(pid)]
+    finally:
+        process.kill()
+
+
+async def test_replicas_die_with_lingo_even_when_it_is_killed(tmp_path: Path) -> None:
+    process, _, health = serve(tmp_path, TWO_MODELS)
+    try:
+        await wait_ready(health)
+        await wait_for(lambda: len(children(process.pid)) == 2, timeout=10)
+        replicas = children(process.pid)
+        process.kill()
+        process.wait(10)
+        await wait_for(lambda: not [pid for pid in replicas if alive(pid)], timeout=10)
+    finally:
+        process.kill()
+
+
+async def test_bad_models_file_fails_at_start_with_a_clear_message(tmp_path: Path) -> None:
+    process, _, _ = serve(tmp_path, "models: [{name: a}]")
+    output, _ = process.communicate(timeout=20)
+    assert process.returncode == 2
+    assert b"configuration error" in output and b"exactly one of 'command' or 'endpoints'" in output
