@@ -91,8 +91,9 @@ class Clock:
 
 def setup(concurrency: int = 2, delay: float = 10, max_replicas: int = 3, **kwargs: object):  # type: ignore[no-untyped-def]
     registry = Registry(max_queue=1000)
-    registry.sync_models([ModelGroup("m", ("m",), max_replicas=max_replicas, concurrency=concurrency,
-                                     scale_down_delay=delay)])
+    registry.sync_models(
+        [ModelGroup("m", ("m",), max_replicas=max_replicas, concurrency=concurrency, scale_down_delay=delay)]
+    )
     platform = MemoryPlatform()
     clock = Clock()
     scaler = Autoscaler(registry, platform, interval=1, window=3, clock=clock, **kwargs)  # type: ignore[arg-type]
@@ -159,7 +160,7 @@ async def test_restored_state_prevents_an_instant_scale_down() -> None:
             self.saved = state
 
     state = State()
-    registry, platform, _, scaler = setup(state=state, delay=0)
+    _registry, platform, _, scaler = setup(state=state, delay=0)
     platform.replicas["m"] = 3
     await scaler.restore()
     await scaler.tick()  # one idle sample next to two busy ones: average 6 → still 3 replicas

@@ -48,14 +48,21 @@ def test_defaults_are_lingos() -> None:
 
 
 def test_lingo_env_names_are_honoured_and_flags_win() -> None:
-    env = {"CONCURRENCY": "7", "SCALE_DOWN_DELAY": "1m", "MESSENGER_URLS": "mem://a|mem://b,mem://c|mem://d|4",
-           "LINGO_API_KEYS": "x, y", "NAMESPACE": "models"}
+    env = {
+        "CONCURRENCY": "7",
+        "SCALE_DOWN_DELAY": "1m",
+        "MESSENGER_URLS": "mem://a|mem://b,mem://c|mem://d|4",
+        "LINGO_API_KEYS": "x, y",
+        "NAMESPACE": "models",
+    }
     settings = parse(["--concurrency", "9"], env)
     assert settings.concurrency == 9 and settings.scale_down_delay == 60 and settings.namespace == "models"
     assert settings.messengers == ["mem://a|mem://b", "mem://c|mem://d|4"]
     assert settings.api_keys == ["x", "y"]
     assert parse(["--messenger", "mem://a|mem://b", "--messenger", "mem://c|mem://d"], {}).messengers == [
-        "mem://a|mem://b", "mem://c|mem://d"]
+        "mem://a|mem://b",
+        "mem://c|mem://d",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -81,10 +88,21 @@ def test_platform_defaults_to_kubernetes_inside_a_cluster() -> None:
 
 def test_models_file_fills_defaults() -> None:
     [scaled, fixed] = parse_models(
-        {"models": [{"name": "a", "command": ["srv", "{port}"]}, {"name": "b", "endpoints": ["http://x:1/"]}]},
-        "f.yaml", concurrency=5, scale_down_delay=12,
+        {
+            "models": [
+                {"name": "a", "command": ["srv", "{port}"]},
+                {"name": "b", "endpoints": ["http://x:1/"]},
+            ]
+        },
+        "f.yaml",
+        concurrency=5,
+        scale_down_delay=12,
     )
-    assert scaled.group.models == ("a",) and scaled.group.concurrency == 5 and scaled.group.scale_down_delay == 12
+    assert (
+        scaled.group.models == ("a",)
+        and scaled.group.concurrency == 5
+        and scaled.group.scale_down_delay == 12
+    )
     assert scaled.group.scalable and scaled.ready_path == "/health"
     assert not fixed.group.scalable and fixed.endpoints == ("http://x:1",)
 

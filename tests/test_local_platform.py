@@ -86,11 +86,29 @@ def serve(tmp_path: Path, models: str, *flags: str) -> tuple[subprocess.Popen[by
     path.write_text(textwrap.dedent(models))
     proxy, health = free_port(), free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "lingo", "serve", "--models-file", str(path), "--platform", "local",
-         "--proxy-address", f"127.0.0.1:{proxy}", "--health-probe-bind-address", f"127.0.0.1:{health}",
-         "--metrics-bind-address", f"127.0.0.1:{free_port()}", "--stats-address", f"127.0.0.1:{free_port()}",
-         "--log-dir", str(tmp_path / "logs"), *flags],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "lingo",
+            "serve",
+            "--models-file",
+            str(path),
+            "--platform",
+            "local",
+            "--proxy-address",
+            f"127.0.0.1:{proxy}",
+            "--health-probe-bind-address",
+            f"127.0.0.1:{health}",
+            "--metrics-bind-address",
+            f"127.0.0.1:{free_port()}",
+            "--stats-address",
+            f"127.0.0.1:{free_port()}",
+            "--log-dir",
+            str(tmp_path / "logs"),
+            *flags,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     return process, f"http://127.0.0.1:{proxy}", f"http://127.0.0.1:{health}"
 
@@ -129,6 +147,7 @@ async def test_sigterm_finishes_in_flight_answers_queued_503_and_leaves_no_child
         await wait_for(lambda: len(children(process.pid)) == 2, timeout=10)
         replicas = children(process.pid)
         async with aiohttp.ClientSession() as session:
+
             async def ask() -> int:
                 async with session.post(proxy + "/v1/completions", json={"model": "slow"}) as r:
                     await r.read()
