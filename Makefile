@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+LINT_PATHS := $(wildcard lingo tests benchmarks)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: demo test lint bench services helm install clean
@@ -24,11 +25,11 @@ helm:
 	@scripts/get-helm.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check lingo tests benchmarks scripts
-	$(VENV)/bin/ruff format --check lingo tests benchmarks scripts
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 test: $(STAMP) services helm
-	$(VENV)/bin/ruff check lingo tests benchmarks scripts
+	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
