@@ -18,7 +18,8 @@ from lingo.errors import ShuttingDown
 from lingo.metrics import Metrics
 from lingo.platforms.base import Platform
 from lingo.proxy import Forwarder, ProxyHandler
-from lingo.proxy.forwarder import new_session
+from lingo.proxy.server import ProxyServer
+from lingo.proxy.upstream import UpstreamPool
 from lingo.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Lingo:
         #: Batch streams (set up by `lingo.batch` when messengers are configured).
         self.batch: Any = None
         self.forwarder: Forwarder | None = None
+        self.proxy: ProxyServer | None = None
         self._runners: dict[str, web.AppRunner] = {}
         self._ready = False
         self._stopped = asyncio.Event()
@@ -75,14 +77,19 @@ class Lingo:
 
     async def start(self) -> None:
         s = self.settings
-        self.forwarder = Forwarder(new_session(), s.backend_retries, s.max_wait)
-        proxy = ProxyHandler(self.registry, self.forwarder, self.metrics, s.max_body, s.api_keys)
+        self.forwarder = Forwarder(UpstreamPool(), s.backend_retries, s.max_wait)
+        handler = ProxyHandler(self.registry, self.forwarder, self.metrics, s.max_body, s.api_keys)
         await self._listen("health", self._health_app(), s.health_address)
         await self._listen("metrics", self._metrics_app(), s.metrics_address)
         await self._listen("stats", self._stats_app(), s.stats_address)
         await self.platform.start(self.registry)
         await self.autoscaler.start()
-        await self._listen("proxy", proxy.application(), s.proxy_address)
+        self.proxy = ProxyServer(handler, s.max_body)
+        try:
+            self.addresses["proxy"] = await self.proxy.start(*s.proxy_address)
+        except OSError as exc:
+            host, port = s.proxy_address
+            raise ConfigError(f"cannot listen for proxy on {host}:{port}: {exc.strerror}") from None
         if s.messengers:
             from lingo.batch import BatchStreams
 
@@ -102,19 +109,17 @@ class Lingo:
         deadline = loop.time() + grace
         if self.batch is not None:
             await self.batch.stop(grace)
-        proxy = self._runners.pop("proxy", None)
-        if proxy is not None:
-            for site in list(proxy.sites):
-                await site.stop()
+        if self.proxy is not None:
+            self.proxy.stop_accepting()
         self.registry.close_all(ShuttingDown("lingo is shutting down; retry on another replica"))
         while any(q.in_flight for q in self.registry.queues.values()) and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        if proxy is not None:
-            await proxy.cleanup()
+        if self.proxy is not None:
+            await self.proxy.close(max(0.0, deadline - loop.time()))
         await self.autoscaler.stop()
         await self.platform.stop()
         if self.forwarder is not None:
-            await self.forwarder.session.close()
+            await self.forwarder.pool.close()
         for runner in self._runners.values():
             await runner.cleanup()
         log.info("lingo stopped")

@@ -95,6 +95,7 @@ class Metrics:
         )
         self.prometheus.register(QueueCollector(registry, desired))
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._waits: dict[str, Histogram] = {}
 
     def observe_request(self, model: str, source: str, code: int, duration: float) -> None:
         """Count one answered request and its duration (cached label children: hot path)."""
@@ -108,6 +109,13 @@ class Metrics:
             self._children[key] = children
         children[0].inc()
         children[1].observe(duration)
+
+    def observe_wait(self, model: str, seconds: float) -> None:
+        """Record how long a request waited for an endpoint slot."""
+        child = self._waits.get(model)
+        if child is None:
+            child = self._waits[model] = self.queue_wait.labels(model)
+        child.observe(seconds)
 
     def observe_scale(self, model: str, current: int, target: int) -> None:
         self.scale_events.labels(model, "up" if target > current else "down").inc()

@@ -8,29 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import aiohttp
-
 from lingo.errors import BackendUnreachable
+from lingo.proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from lingo.queue import Lease, ModelQueue, Priority
 
 log = logging.getLogger(__name__)
 
 #: Backend statuses worth another endpoint: the backend is overloaded, restarting or gone.
 RETRY_STATUSES = frozenset({502, 503, 504})
-#: Headers aiohttp would add by itself; the client's own (or none) are sent instead.
-_SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
 
 
 @dataclass
 class Exchange:
     """A backend response being read, and the endpoint slot it holds until the exchange ends."""
 
-    #: The backend's response; its body has not been read yet.
-    response: aiohttp.ClientResponse
+    #: The backend's response; its body may still be arriving.
+    response: UpstreamResponse
     #: The endpoint slot; released when the exchange ends.
     lease: Lease
     #: Seconds spent waiting in the queue (all attempts).
@@ -39,27 +36,12 @@ class Exchange:
     attempts: int
 
 
-def new_session(limit: int = 0) -> aiohttp.ClientSession:
-    """The upstream connection pool.
-
-    The keep-alive is shorter than common model servers' idle timeouts (uvicorn: 5 s), so lingo
-    drops a pooled connection before the backend does, instead of reusing one it is closing.
-    """
-    connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=4.0, ttl_dns_cache=10)
-    return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-        skip_auto_headers=_SKIP_AUTO_HEADERS,
-    )
-
-
 class Forwarder:
     """Queue, pick, send, retry: gets a backend response for one request."""
 
-    def __init__(self, session: aiohttp.ClientSession, retries: int, max_wait: float) -> None:
+    def __init__(self, pool: UpstreamPool, retries: int, max_wait: float) -> None:
         #: Shared upstream connection pool.
-        self.session = session
+        self.pool = pool
         #: Extra attempts after a connection error or a 502/503/504 answer.
         self.retries = retries
         #: Default seconds a request may wait for an endpoint slot, over all attempts.
@@ -71,7 +53,7 @@ class Forwarder:
         queue: ModelQueue,
         method: str,
         path: str,
-        headers: Mapping[str, str],
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
         body: bytes,
         priority: Priority,
         timeout: float | None = None,
@@ -82,6 +64,7 @@ class Forwarder:
         response was handed to the caller. The last attempt's 502/503/504 passes through as it is.
         """
         loop = asyncio.get_running_loop()
+        header_items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
         deadline = loop.time() + (self.max_wait if timeout is None else timeout)
         attempts = self.retries + 1
         avoid: str | None = None
@@ -92,10 +75,8 @@ class Forwarder:
             lease = await queue.acquire(priority, max(0.0, deadline - queued_at), avoid)
             waited += loop.time() - queued_at
             try:
-                response = await self.session.request(
-                    method, lease.url + path, headers=headers, data=body, allow_redirects=False
-                )
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+                response = await self.pool.request(lease.url, method, path, header_items, body)
+            except (UpstreamError, OSError) as exc:
                 lease.release()
                 last_error, avoid = exc, lease.url
                 log.debug("backend connection failed", extra={"endpoint": lease.url, "attempt": attempt})

@@ -4,44 +4,36 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from multidict import CIMultiDict
-
 HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+        "te", "trailer", "transfer-encoding", "upgrade",
     }
-)
-#: Recomputed by the client library for the upstream request.
+)  # fmt: skip
+#: Set by the upstream client itself (Host, framing) or meant for lingo only (X-Model).
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "x-model"}
-#: Recomputed by the server library for the downstream response.
-_RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
+#: Framing is lingo's own on the client side.
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+
+Headers = list[tuple[str, str]]
 
 
-def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
-    tokens: set[str] = set()
-    for name, value in headers:
+def _filter(headers: Iterable[tuple[str, str]], drop: frozenset[str]) -> Headers:
+    items = list(headers)
+    extra: set[str] = set()
+    for name, value in items:
         if name.lower() == "connection":
-            tokens.update(token.strip().lower() for token in value.split(","))
-    return tokens
+            extra.update(token.strip().lower() for token in value.split(","))
+    if extra:
+        drop = drop | extra
+    return [(name, value) for name, value in items if name.lower() not in drop]
 
 
-def request_headers(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
-    """Headers to send upstream: the client's, minus hop-by-hop and those the client library sets."""
-    items = list(headers)
-    drop = _REQUEST_DROP | _connection_tokens(items)
-    return CIMultiDict((name, value) for name, value in items if name.lower() not in drop)
+def request_headers(headers: Iterable[tuple[str, str]]) -> Headers:
+    """Headers to send upstream: the client's, minus hop-by-hop and those lingo sets itself."""
+    return _filter(headers, _REQUEST_DROP)
 
 
-def response_headers(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
-    """Headers to send downstream: the backend's, minus hop-by-hop and those aiohttp sets."""
-    items = list(headers)
-    drop = _RESPONSE_DROP | _connection_tokens(items)
-    return CIMultiDict((name, value) for name, value in items if name.lower() not in drop)
+def response_headers(headers: Iterable[tuple[str, str]]) -> Headers:
+    """Headers to send downstream: the backend's, minus hop-by-hop and framing."""
+    return _filter(headers, _RESPONSE_DROP)

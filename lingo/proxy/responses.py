@@ -5,24 +5,19 @@ from __future__ import annotations
 import math
 
 import orjson
-from aiohttp import web
 
 from lingo.errors import LingoError
 
+Headers = list[tuple[str, str]]
 
-def error_response(error: LingoError) -> web.Response:
-    headers = {"X-Proxy": "lingo"}
+
+def error_parts(error: LingoError) -> tuple[int, Headers, bytes]:
+    """(status, headers, body) of the OpenAI-shaped answer to `error`."""
+    headers = [("Content-Type", "application/json"), ("X-Proxy", "lingo")]
     if error.retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
-    return web.Response(
-        status=error.status, body=orjson.dumps(error.body()), content_type="application/json", headers=headers
-    )
+        headers.append(("Retry-After", str(max(1, math.ceil(error.retry_after)))))
+    return error.status, headers, orjson.dumps(error.body())
 
 
-def json_response(document: object, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status,
-        body=orjson.dumps(document),
-        content_type="application/json",
-        headers={"X-Proxy": "lingo"},
-    )
+def json_parts(document: object, status: int = 200) -> tuple[int, Headers, bytes]:
+    return status, [("Content-Type", "application/json"), ("X-Proxy", "lingo")], orjson.dumps(document)

@@ -1,0 +1,71 @@
+"""One received message and its settlement: acked or nacked once, whatever happens (Lingo #93).
+
+Every ack, nack and in-progress call of the batch code goes through a `Delivery`; broker errors
+from them are logged and swallowed here, so a failing ack can never take the process down
+(Lingo #100). A message whose ack failed is redelivered by the broker: at-least-once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from lingo.batch.brokers.base import Message
+
+log = logging.getLogger(__name__)
+
+
+class Delivery:
+    """Guards one message: the first of `ack()` / `nack()` settles it, later calls do nothing."""
+
+    __slots__ = ("message", "settled", "stream")
+
+    def __init__(self, message: Message, stream: str) -> None:
+        #: The broker's message.
+        self.message = message
+        #: The stream label, for logs.
+        self.stream = stream
+        #: How the message was settled, None while it is still being handled.
+        self.settled: Literal["ack", "nack"] | None = None
+
+    async def ack(self) -> bool:
+        """Settle as done; False when already settled or the broker failed the ack."""
+        if self.settled is not None:
+            return False
+        self.settled = "ack"
+        try:
+            await self.message.ack()
+        except Exception as exc:
+            log.warning(
+                "ack failed; the broker will redeliver the message",
+                extra={"stream": self.stream, "message_id": self.message.id, "error": repr(exc)},
+            )
+            return False
+        return True
+
+    async def nack(self, delay: float | None = None) -> bool:
+        """Settle as not done (redeliver, after `delay` seconds where the broker can wait)."""
+        if self.settled is not None:
+            return False
+        self.settled = "nack"
+        try:
+            await self.message.nack(delay)
+        except Exception as exc:
+            log.warning(
+                "nack failed; the broker will redeliver the message when its lease ends",
+                extra={"stream": self.stream, "message_id": self.message.id, "error": repr(exc)},
+            )
+            return False
+        return True
+
+    async def in_progress(self) -> None:
+        """Postpone redelivery of an unsettled message; errors are logged, not raised."""
+        if self.settled is not None:
+            return
+        try:
+            await self.message.in_progress()
+        except Exception as exc:
+            log.debug(
+                "in-progress ack failed",
+                extra={"stream": self.stream, "message_id": self.message.id, "error": repr(exc)},
+            )

@@ -1,0 +1,301 @@
+"""A lean HTTP/1.1 client for talking to model servers: pooled keep-alive connections per endpoint.
+
+General-purpose clients spend most of a proxy's CPU on features a proxy does not need (cookies,
+redirects, decompression, rich request objects). This one writes a request in one buffer, parses the
+response with llhttp (httptools) and hands body chunks over as they arrive, so a streamed answer is
+forwarded chunk by chunk and a small one costs a few function calls.
+
+Pooled connections are closed after `IDLE_TIMEOUT`, shorter than common model servers' keep-alive
+(uvicorn: 5 s), and a request that fails on a *reused* connection before any response byte arrived is
+sent once more on a fresh one: the server closed an idle connection, it never saw the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from urllib.parse import urlsplit
+
+import httptools
+from multidict import CIMultiDict
+
+#: Seconds an idle pooled connection is kept open.
+IDLE_TIMEOUT = 4.0
+#: Seconds to establish a TCP connection to an endpoint.
+CONNECT_TIMEOUT = 10.0
+#: Buffered body chunks after which reading from the backend pauses until the consumer catches up.
+_HIGH_WATER = 64
+
+
+class UpstreamError(ConnectionError):
+    """The backend could not be reached, or the connection broke before the response was complete."""
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection to one endpoint, carrying one request at a time."""
+
+    def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.response: UpstreamResponse | None = None
+        self.closed = False
+        self.reused = False
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self._header_name = b""
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"malformed response from backend: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool._forget(self)
+        if self.response is not None and not self.response.complete:
+            self._fail(UpstreamError("backend closed the connection before the response was complete"))
+
+    # -- llhttp callbacks -----------------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.response is not None
+        self.response._raw_headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        response = self.response
+        assert response is not None
+        response.status = self.parser.get_status_code()
+        if not response.started.done():
+            response.started.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        response = self.response
+        assert response is not None
+        response._chunks.append(body)
+        response._wake()
+        if len(response._chunks) > _HIGH_WATER and self.transport is not None:
+            self.transport.pause_reading()
+            response._paused = True
+
+    def on_message_complete(self) -> None:
+        response = self.response
+        assert response is not None
+        response.complete = True
+        response.keep_alive = self.parser.should_keep_alive()
+        response._wake()
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def _fail(self, error: Exception) -> None:
+        response = self.response
+        if response is None:
+            return
+        response.error = error
+        if not response.started.done():
+            response.started.set_exception(error)
+        response._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+
+class UpstreamResponse:
+    """A backend's response: status and headers at once, the body as it arrives."""
+
+    def __init__(self, connection: _Connection, head_request: bool) -> None:
+        self._connection = connection
+        self._head = head_request
+        #: HTTP status code.
+        self.status = 0
+        #: True once the whole body has arrived.
+        self.complete = False
+        #: True when the backend allows reusing the connection.
+        self.keep_alive = False
+        #: Set when the connection failed.
+        self.error: Exception | None = None
+        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._raw_headers: list[tuple[str, str]] = []
+        self._headers: CIMultiDict[str] | None = None
+        self._chunks: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self._released = False
+
+    @property
+    def raw_headers(self) -> list[tuple[str, str]]:
+        """Headers as received, in order."""
+        return self._raw_headers
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        if self._headers is None:
+            self._headers = CIMultiDict(self._raw_headers)
+        return self._headers
+
+    @property
+    def content_length(self) -> int | None:
+        for name, value in self._raw_headers:
+            if len(name) == 14 and name.lower() == "content-length":
+                return int(value) if value.strip().isdigit() else None
+        return None
+
+    @property
+    def reason(self) -> str | None:
+        return None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """Body chunks as they arrive; raises UpstreamError if the backend breaks off."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                if self._paused and len(self._chunks) < _HIGH_WATER // 2:
+                    self._paused = False
+                    if self._connection.transport is not None:
+                        self._connection.transport.resume_reading()
+                yield chunk
+                continue
+            if self.complete or self._head:
+                return
+            if self.error is not None:
+                raise self.error
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        if self.complete and len(self._chunks) <= 1:
+            return self._chunks.popleft() if self._chunks else b""
+        return b"".join([chunk async for chunk in self.iter_chunks()])
+
+    def release(self) -> None:
+        """Give the connection back to the pool if the exchange finished cleanly, else close it."""
+        if self._released:
+            return
+        self._released = True
+        connection = self._connection
+        connection.response = None
+        if self.complete and self.keep_alive and not self._head and self.error is None:
+            connection.pool._park(connection)
+        else:
+            connection.close()
+
+
+class UpstreamPool:
+    """Keep-alive connections to backends, reused per (host, port)."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._all: set[_Connection] = set()
+
+    async def request(
+        self, base_url: str, method: str, path: str, headers: Iterable[tuple[str, str]], body: bytes
+    ) -> UpstreamResponse:
+        """Send one request and return once the response status and headers have arrived."""
+        split = urlsplit(base_url)
+        host = split.hostname or "127.0.0.1"
+        port = split.port or (443 if split.scheme == "https" else 80)
+        if split.scheme != "http":
+            raise UpstreamError(f"unsupported endpoint scheme in {base_url!r}: only http is spoken")
+        key = (host, port)
+        head = _encode_head(method, path, split.netloc, headers, len(body))
+        connection = self._take(key)
+        if connection is not None:
+            try:
+                return await self._send(connection, head, body, method)
+            except UpstreamError:
+                pass  # the backend dropped an idle connection; it never saw this request
+        connection = await self._connect(key)
+        return await self._send(connection, head, body, method)
+
+    async def close(self) -> None:
+        for connection in list(self._all):
+            connection.close()
+        self._all.clear()
+        self._idle.clear()
+
+    def forget_endpoint(self, base_url: str) -> None:
+        """Close pooled idle connections to an endpoint that left the rotation."""
+        split = urlsplit(base_url)
+        for connection in self._idle.pop((split.hostname or "", split.port or 80), []):
+            connection.close()
+
+    async def _connect(self, key: tuple[str, int]) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                _, connection = await loop.create_connection(lambda: _Connection(self, key), *key)
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamError(f"cannot connect to {key[0]}:{key[1]}: {exc}") from None
+        self._all.add(connection)
+        return connection
+
+    async def _send(self, connection: _Connection, head: bytes, body: bytes, method: str) -> UpstreamResponse:
+        response = UpstreamResponse(connection, head_request=method == "HEAD")
+        connection.response = response
+        assert connection.transport is not None
+        if len(body) < 65536:
+            connection.transport.write(head + body)
+        else:
+            connection.transport.writelines((head, body))
+        try:
+            await response.started
+        except BaseException:
+            connection.response = None
+            connection.close()
+            raise
+        return response
+
+    def _take(self, key: tuple[str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        while idle:
+            connection = idle.pop()
+            if connection.idle_handle is not None:
+                connection.idle_handle.cancel()
+                connection.idle_handle = None
+            if not connection.closed:
+                connection.reused = True
+                return connection
+        return None
+
+    def _park(self, connection: _Connection) -> None:
+        if connection.closed:
+            return
+        connection.parser = httptools.HttpResponseParser(connection)
+        self._idle.setdefault(connection.key, []).append(connection)
+        connection.idle_handle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, connection.close)
+
+    def _forget(self, connection: _Connection) -> None:
+        self._all.discard(connection)
+        idle = self._idle.get(connection.key)
+        if idle and connection in idle:
+            idle.remove(connection)
+
+
+def _encode_head(
+    method: str, path: str, netloc: str, headers: Iterable[tuple[str, str]], length: int
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1\r\nHost: {netloc}\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+    if length or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+        lines.append(f"Content-Length: {length}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
