@@ -78,6 +78,8 @@ class Lingo:
     async def start(self) -> None:
         s = self.settings
         self.forwarder = Forwarder(UpstreamPool(), s.backend_retries, s.max_wait)
+        # An endpoint that left (pod gone, replica stopped) must not leave stale pooled connections.
+        self.registry.on_endpoint_removed = self.forwarder.pool.forget_endpoint
         handler = ProxyHandler(self.registry, self.forwarder, self.metrics, s.max_body, s.api_keys)
         await self._listen("health", self._health_app(), s.health_address)
         await self._listen("metrics", self._metrics_app(), s.metrics_address)

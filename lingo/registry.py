@@ -27,6 +27,8 @@ class Registry:
         self.max_queue = max_queue
         #: Called with a group name when a request waits while the group has no ready endpoint.
         self.on_demand = on_demand
+        #: Called with the URL of every endpoint that leaves the rotation (to drop pooled connections).
+        self.on_endpoint_removed: Callable[[str], None] | None = None
         #: Queue of every known group, by group name.
         self.queues: dict[str, ModelQueue] = {}
         self._by_model: dict[str, ModelQueue] = {}
@@ -77,8 +79,13 @@ class Registry:
         queue = self.queues.get(group)
         if queue is None:
             self._pending_endpoints[group] = list(urls)
-        else:
-            queue.set_endpoints(urls)
+            return
+        urls = list(urls)
+        gone = set(queue.endpoints) - set(urls)
+        queue.set_endpoints(urls)
+        if self.on_endpoint_removed is not None:
+            for url in gone:
+                self.on_endpoint_removed(url)
 
     def add_backlog_source(self, model: str, source: BacklogSource) -> None:
         """Count messages waiting outside lingo (a broker backlog) as demand for `model`."""

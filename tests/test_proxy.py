@@ -342,3 +342,15 @@ async def test_health_ready_and_stats(start_lingo, fake_model) -> None:
             async with session.get(lingo.url("health") + path) as r:
                 assert r.status == 200
     assert await fetch_json(lingo.url("stats") + "/stats") == {"activeRequests": {"static": 0}}
+
+
+async def test_pooled_connections_to_a_removed_endpoint_are_dropped(start_lingo, fake_model) -> None:
+    backend = fake_model()
+    lingo = await start_lingo(static(backend.url))
+    client = client_for(lingo)
+    await client.completions.create(model="static", prompt="x")
+    pool = lingo.forwarder.pool
+    assert pool._idle[("127.0.0.1", backend.port)]
+    lingo.registry.set_endpoints("static", [])
+    assert not pool._idle.get(("127.0.0.1", backend.port))
+    await client.close()
