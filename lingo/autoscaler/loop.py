@@ -137,8 +137,8 @@ class Autoscaler:
                 target = decider.decide(now, current, wanted)
                 if target is not None and target != current:
                     await self._scale(name, current, target)
-            except Exception:
-                log.warning("scaling failed", extra={"model": name}, exc_info=True)
+            except Exception as exc:  # e.g. the API server is down: try again next tick, quietly
+                log.warning("scaling failed", extra={"model": name, "error": repr(exc)})
         for name in set(self._averages) - set(self.registry.queues):
             self._averages.pop(name, None)
             self._deciders.pop(name, None)
@@ -146,8 +146,8 @@ class Autoscaler:
         if leader and self.state is not None:
             try:
                 await self.state.save({name: avg.samples for name, avg in self._averages.items()})
-            except Exception:
-                log.warning("could not save autoscaler state", exc_info=True)
+            except Exception as exc:
+                log.warning("could not save autoscaler state", extra={"error": repr(exc)})
 
     def wake(self, group: str) -> None:
         """A request waits for `group` with no endpoint: ask for a replica now, not at the next tick."""

@@ -633,6 +633,8 @@ class FakeKube:
         self.bookmark_interval = bookmark_interval
         self.history_limit = history_limit
         self.calls: list[Call] = []
+        # The User-Agent of each recorded call, same order as ``calls`` (who made it).
+        self.user_agents: list[str] = []
         self._rv = 1
         # Watches may resume from any rv >= _compacted_rv; history holds every event after it.
         self._compacted_rv = 1
@@ -796,6 +798,11 @@ class FakeKube:
     def reset_calls(self) -> None:
         """Forget recorded :attr:`calls`."""
         self.calls.clear()
+        self.user_agents.clear()
+
+    def calls_by(self, user_agent: str) -> list[Call]:
+        """Recorded calls whose User-Agent contains ``user_agent``."""
+        return [c for c, agent in zip(self.calls, self.user_agents, strict=True) if user_agent in agent]
 
     def calls_for(
         self, verb: str | None = None, resource: str | None = None, subresource: str | None = ANY
@@ -989,6 +996,7 @@ class FakeKube:
         if verb is None or (verb == "create" and name is not None):
             raise ApiError(405, f"method {request.method} not allowed")
         self.calls.append(Call(verb, group, rt.resource, sub, namespace, name))
+        self.user_agents.append(request.headers.get("User-Agent", ""))
         injected = self._injected(verb, rt, sub, name)
         if injected is not None:
             if verb == "watch" and injected.code == 410:

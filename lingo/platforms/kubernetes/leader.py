@@ -63,6 +63,7 @@ class LeaderElector:
         #: Wall clock for the times written into the Lease.
         self.wall_clock = wall_clock
         self._leading = False
+        self._unreachable = False
         self._renewed_at: float | None = None
         self._observed: LeaseRecord | None = None
         self._observed_at = 0.0
@@ -90,8 +91,14 @@ class LeaderElector:
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            log.warning("leader election: cannot reach the Lease", extra={"error": describe(error)})
-            won = False
+            # Once per outage, not every retry period.
+            level = logging.DEBUG if self._unreachable else logging.WARNING
+            log.log(level, "leader election: cannot reach the Lease", extra={"error": describe(error)})
+            self._unreachable, won = True, False
+        else:
+            if self._unreachable:
+                log.info("leader election: the Lease is reachable again")
+            self._unreachable = False
         now = self.clock()
         if won:
             self._renewed_at = now
