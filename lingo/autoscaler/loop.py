@@ -124,11 +124,12 @@ class Autoscaler:
                 average = MovingAverage(self.window_size, self._restored.pop(name, ()))
                 self._averages[name] = average
             average.add(active)
-            if not leader:
-                continue
             try:
+                # Followers read it too (from the platform's cache), so their metrics stay current.
                 current = await self.platform.get_replicas(name)
                 self.desired[name] = current
+                if not leader:
+                    continue
                 decider = self._deciders.setdefault(name, ScaleDecider(group.scale_down_delay))
                 decider.delay = group.scale_down_delay
                 wanted = desired_replicas(

@@ -84,6 +84,8 @@ class BatchStream:
         self.backlog = 0
         #: Set while the subscription is open.
         self.opened = asyncio.Event()
+        #: Times the subscription was opened: 1, plus one per reopening after a failure.
+        self.opens = 0
         # Pub/Sub must be told up front how long to keep extending a message's lease.
         lease = self.retry.max_attempts * (forwarder.max_wait + self.retry.cap) + REQUEST_TIME_ALLOWANCE
         self._receive_options = ReceiveOptions(max_outstanding=spec.max_handlers, max_lease=lease)
@@ -179,6 +181,7 @@ class BatchStream:
                 await subscription.close()
             raise
         self._subscription = subscription
+        self.opens += 1
         self.opened.set()
         log.info(
             "batch stream receiving", extra={"stream": self.label, "max_handlers": self.spec.max_handlers}
@@ -294,7 +297,7 @@ class BatchStreams:
             ]
         )
 
-    async def start(self, wait: float = 10.0) -> None:
+    async def start(self, wait: float = 5.0) -> None:
         """Start every stream; wait up to `wait` seconds for their subscriptions to open.
 
         A broker that is down does not stop lingo from starting: its stream keeps retrying.

@@ -101,7 +101,9 @@ class ResponseWriter:
     def start(self, status: int, headers: list[tuple[str, str]], content_length: int | None) -> None:
         """Begin a streamed response; without a length it is sent chunked (or close-delimited)."""
         self.started = True
-        if content_length is not None:
+        if status in (204, 304):
+            framing = ""  # never a body: a chunked terminator here would be read as the next response
+        elif content_length is not None:
             framing = f"Content-Length: {content_length}\r\n"
         elif self._request.http_version == "1.1":
             self._chunked = True
@@ -162,6 +164,8 @@ class HttpProtocol(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._paused = False
         self._idle: asyncio.TimerHandle | None = None
+        self._upgraded = False
+        self._busy = False
 
     # -- asyncio.Protocol -----------------------------------------------------------------------------
 
@@ -171,9 +175,23 @@ class HttpProtocol(asyncio.Protocol):
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
+        if self._upgraded:
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
+            # llhttp stops at CONNECT and Upgrade requests, skipping their body. Lingo switches no
+            # protocols: a body-less one is answered in HTTP/1.1 and the connection closed after it
+            # (what follows may not be HTTP); one with a body cannot be served whole, so 400.
+            self._upgraded = True
+            request = self.pending[-1] if self.pending else None
+            if request is not None and not _declares_body(request):
+                request.keep_alive = False
+                return
+            if request is not None:
+                self.pending.pop()
+            if not self.pending and not self._busy:
+                self.task = None  # made for the dropped request, it has nothing left to serve
             self._reject(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
             # A limit raised inside a parser callback arrives wrapped; answer with its own status.
@@ -265,6 +283,7 @@ class HttpProtocol(asyncio.Protocol):
         while self.pending and not self.closing:
             request = self.pending.popleft()
             writer = ResponseWriter(self, request)
+            self._busy = True
             try:
                 await self.server.handler(request, writer)
             except asyncio.CancelledError:
@@ -280,6 +299,8 @@ class HttpProtocol(asyncio.Protocol):
                     )
                 else:
                     writer.abort()
+            finally:
+                self._busy = False
             if not writer.finished:
                 writer.abort()
         if not self.closing:
@@ -331,6 +352,11 @@ class HttpProtocol(asyncio.Protocol):
         if self.task is None or self.task.done():
             self.write(head.encode() + body)
         self.close_after_write()
+
+
+def _declares_body(request: IncomingRequest) -> bool:
+    length = request.header("Content-Length")
+    return request.header("Transfer-Encoding") is not None or (length is not None and length.strip() != "0")
 
 
 class _Reject(Exception):

@@ -26,6 +26,8 @@ IDLE_TIMEOUT = 4.0
 CONNECT_TIMEOUT = 10.0
 #: Buffered body chunks after which reading from the backend pauses until the consumer catches up.
 _HIGH_WATER = 64
+#: Largest total size of a response's headers (a backend sending more is broken: 502).
+MAX_RESPONSE_HEADERS = 64 * 1024
 
 
 class UpstreamError(ConnectionError):
@@ -45,6 +47,11 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self.idle_handle: asyncio.TimerHandle | None = None
         self._header_name = b""
+        self._header_bytes = 0
+        #: True while parsing an interim (1xx) response, which is skipped.
+        self._interim = False
+        #: True when the response body ends where the connection does (no length, not chunked).
+        self._until_close = False
 
     # -- asyncio.Protocol -----------------------------------------------------------------------------
 
@@ -55,25 +62,60 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"malformed response from backend: {exc}"))
+            cause = exc.__context__  # an error raised in a parser callback arrives wrapped
+            if not isinstance(cause, UpstreamError):
+                cause = UpstreamError(f"malformed response from backend: {exc}")
+            self._fail(cause)
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        closed_by_backend = not self.closed
         self.closed = True
         self.pool._forget(self)
-        if self.response is not None and not self.response.complete:
+        response = self.response
+        if response is None or response.complete:
+            return
+        if closed_by_backend and exc is None and self._until_close and response.started.done():
+            response.complete = True  # a body without length ends with the connection; llhttp can't tell
+            response._wake()
+        else:
             self._fail(UpstreamError("backend closed the connection before the response was complete"))
 
     # -- llhttp callbacks -----------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.response is None or self.response.complete:
+            # Bytes after the answer, or with no request outstanding: never part of an answer.
+            raise UpstreamError("backend sent data that answers no request")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_RESPONSE_HEADERS:
+            raise UpstreamError("backend response headers too large")
         self.response._raw_headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         response = self.response
         assert response is not None
-        response.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # 100 Continue, 103 Early Hints: interim, not the answer; the answer follows.
+            self._interim = True
+            response._raw_headers.clear()
+            self._header_bytes = 0
+            return
+        if not 200 <= status <= 599:
+            raise UpstreamError(f"backend answered with status {status}, which is not a final HTTP status")
+        response.status = status
+        chunked = framed = False
+        for name, value in response._raw_headers:
+            lowered = name.lower()
+            if lowered == "content-length":
+                framed = True
+            elif lowered == "transfer-encoding":
+                chunked = value.rsplit(",", 1)[-1].strip().lower() == "chunked"
+        self._until_close = not framed and not chunked
         if not response.started.done():
             response.started.set_result(None)
 
@@ -89,6 +131,9 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         response = self.response
         assert response is not None
+        if self._interim:
+            self._interim = False
+            return
         response.complete = True
         response.keep_alive = self.parser.should_keep_alive()
         response._wake()
@@ -280,6 +325,7 @@ class UpstreamPool:
         if connection.closed:
             return
         connection.parser = httptools.HttpResponseParser(connection)
+        connection._header_bytes = 0
         self._idle.setdefault(connection.key, []).append(connection)
         connection.idle_handle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, connection.close)
 

@@ -43,6 +43,8 @@ DEFAULT_STREAM = "LINGO"
 DEFAULT_ACK_WAIT = 30.0
 #: Seconds allowed for connecting and for each JetStream API call.
 TIMEOUT = 5.0
+#: Least seconds between checks that the consumer still exists, made while no messages come.
+CONSUMER_CHECK_INTERVAL = 10.0
 
 
 def server_url() -> str:
@@ -181,6 +183,7 @@ class NatsSubscription:
         self._js: JetStreamContext | None = None
         self._pull: JetStreamContext.PullSubscription | None = None
         self._keepalive = DEFAULT_ACK_WAIT / 3
+        self._next_check = 0.0
 
     async def open(self) -> None:
         self._client = await connect(f"lingo {self.url.label}")
@@ -206,8 +209,20 @@ class NatsSubscription:
         try:
             messages = await self._pull.fetch(batch=max(1, limit), timeout=timeout)
         except (TimeoutError, nats.errors.TimeoutError):
+            await self._check_consumer()
             return []
         return [NatsMessage(msg, self._keepalive) for msg in messages]
+
+    async def _check_consumer(self) -> None:
+        """Raise when the consumer is gone: a deleted consumer just yields empty fetches."""
+        loop = asyncio.get_running_loop()
+        if self._js is None or loop.time() < self._next_check:
+            return
+        self._next_check = loop.time() + CONSUMER_CHECK_INTERVAL
+        try:
+            await self._js.consumer_info(self.stream or "", self.consumer or "")
+        except nats.js.errors.NotFoundError:
+            raise BrokerError(f"{self.url.label}: consumer {self.consumer!r} no longer exists") from None
 
     async def backlog(self) -> int | None:
         """Messages in the stream not yet delivered to the consumer (`num_pending`)."""

@@ -133,16 +133,18 @@ class RabbitSubscription:
         self.options = options
         self._connection: AbstractRobustConnection | None = None
         self._queue: AbstractQueue | None = None
+        self._channel: AbstractChannel | None = None
+        self._tag = ""
         self._probe: AbstractChannel | None = None
         self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._pending: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         self._connection = await connect()
-        channel = await self._connection.channel(publisher_confirms=False)
+        channel = self._channel = await self._connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=self.options.max_outstanding)
         self._queue = await ensure_queue(self._connection, channel, self.url.name)
-        await self._queue.consume(self._buffer.put, no_ack=False)
+        self._tag = await self._queue.consume(self._buffer.put, no_ack=False)
 
     async def receive(self, limit: int, timeout: float) -> list[RabbitMessage]:
         if self._connection is None:
@@ -150,13 +152,25 @@ class RabbitSubscription:
         try:
             first = await asyncio.wait_for(self._buffer.get(), timeout)
         except TimeoutError:
-            if self._connection.is_closed:
-                raise BrokerError(f"{self.url.label}: connection closed") from None
+            if not await self._consuming():
+                raise BrokerError(f"{self.url.label}: the broker stopped delivering") from None
             return []
         messages = [first]
         while len(messages) < limit and not self._buffer.empty():
             messages.append(self._buffer.get_nowait())
         return [RabbitMessage(message, self._pending) for message in messages]
+
+    async def _consuming(self) -> bool:
+        """False when deliveries stopped for good: connection closed, or the broker cancelled the
+        consumer (queue deleted) — a robust connection restores only what it saw being lost."""
+        if self._connection is None or self._connection.is_closed or self._channel is None:
+            return False
+        try:
+            async with asyncio.timeout(1):
+                underlay = await self._channel.get_underlay_channel()
+        except Exception:  # reconnecting: the robust connection restores the consumer
+            return True
+        return self._tag in underlay.consumers
 
     async def backlog(self) -> int | None:
         """Messages ready in the queue (not counting those delivered and unacked)."""
