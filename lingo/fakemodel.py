@@ -85,15 +85,17 @@ class FakeModel:
 
     async def _prelude(self, request: web.Request) -> tuple[dict, web.Response | None]:
         self.requests += 1
+        number = self.requests
         try:
             document = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
             return {}, self._error(400, "request body is not valid JSON")
         if not isinstance(document, dict):
             return {}, self._error(400, "request body must be a JSON object")
+        document["_number"] = number
         if self.options.latency:
             await asyncio.sleep(self.options.latency)
-        if self.requests <= self.options.fail_first:
+        if number <= self.options.fail_first:
             return document, self._error(503, "fake model: failing on purpose (--fail-first)")
         if self.options.failure_rate and random.random() < self.options.failure_rate:
             return document, self._error(500, "fake model: failing on purpose (--failure-rate)")
@@ -125,7 +127,7 @@ class FakeModel:
         model = str(document.get("model", self.options.model))
         count = self._token_count(document)
         created = int(time.time())
-        ident = f"{'chatcmpl' if chat else 'cmpl'}-{self.options.port}-{self.requests}"
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{self.options.port}-{document['_number']}"
         kind = "chat.completion" if chat else "text_completion"
         if document.get("stream") is True:
             response = web.StreamResponse(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import openai
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port, wait_for
 
@@ -81,10 +82,11 @@ async def test_crashed_replica_is_noticed_and_replaced(start_lingo) -> None:
     await client.close()
 
 
-def serve(tmp_path: Path, models: str, *flags: str) -> tuple[subprocess.Popen[bytes], str, str]:
+def serve(tmp_path: Path, models: str, *flags: str) -> tuple[subprocess.Popen[bytes], str, str, str]:
+    """`lingo serve` as a subprocess, with its proxy, health and metrics base URLs."""
     path = tmp_path / "models.yaml"
     path.write_text(textwrap.dedent(models))
-    proxy, health = free_port(), free_port()
+    proxy, health, metrics = free_port(), free_port(), free_port()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -100,7 +102,7 @@ def serve(tmp_path: Path, models: str, *flags: str) -> tuple[subprocess.Popen[by
             "--health-probe-bind-address",
             f"127.0.0.1:{health}",
             "--metrics-bind-address",
-            f"127.0.0.1:{free_port()}",
+            f"127.0.0.1:{metrics}",
             "--stats-address",
             f"127.0.0.1:{free_port()}",
             "--log-dir",
@@ -110,7 +112,7 @@ def serve(tmp_path: Path, models: str, *flags: str) -> tuple[subprocess.Popen[by
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    return process, f"http://127.0.0.1:{proxy}", f"http://127.0.0.1:{health}"
+    return process, f"http://127.0.0.1:{proxy}", f"http://127.0.0.1:{health}", f"http://127.0.0.1:{metrics}"
 
 
 async def wait_ready(health: str) -> None:
@@ -141,7 +143,7 @@ models:
 
 
 async def test_sigterm_finishes_in_flight_answers_queued_503_and_leaves_no_child(tmp_path: Path) -> None:
-    process, proxy, health = serve(tmp_path, TWO_MODELS, "--shutdown-grace", "10s")
+    process, proxy, health, metrics = serve(tmp_path, TWO_MODELS, "--shutdown-grace", "10s")
     try:
         await wait_ready(health)
         await wait_for(lambda: len(children(process.pid)) == 2, timeout=10)
@@ -153,10 +155,28 @@ async def test_sigterm_finishes_in_flight_answers_queued_503_and_leaves_no_child
                     await r.read()
                     return r.status
 
+            async def gauges() -> tuple[float, float]:
+                async with session.get(metrics + "/metrics") as r:
+                    text = await r.text()
+                found = {
+                    sample.name: sample.value
+                    for family in text_string_to_metric_families(text)
+                    for sample in family.samples
+                    if sample.labels.get("model") == "slow"
+                }
+                return found["lingo_requests_in_flight"], found["lingo_requests_queued"]
+
+            async def until(in_flight: int, queued: int) -> None:
+                for _ in range(500):
+                    if await gauges() == (in_flight, queued):
+                        return
+                    await asyncio.sleep(0.02)
+                raise AssertionError(f"never saw {in_flight} in flight and {queued} queued")
+
             in_flight = asyncio.create_task(ask())
-            await asyncio.sleep(0.5)
+            await until(in_flight=1, queued=0)  # running on the replica (1.5 s latency)
             queued = asyncio.create_task(ask())
-            await asyncio.sleep(0.3)
+            await until(in_flight=1, queued=1)  # waiting for the only slot
             process.send_signal(signal.SIGTERM)
             assert await queued == 503
             assert await in_flight == 200
@@ -167,7 +187,7 @@ async def test_sigterm_finishes_in_flight_answers_queued_503_and_leaves_no_child
 
 
 async def test_replicas_die_with_lingo_even_when_it_is_killed(tmp_path: Path) -> None:
-    process, _, health = serve(tmp_path, TWO_MODELS)
+    process, _, health, _ = serve(tmp_path, TWO_MODELS)
     try:
         await wait_ready(health)
         await wait_for(lambda: len(children(process.pid)) == 2, timeout=10)
@@ -180,7 +200,7 @@ async def test_replicas_die_with_lingo_even_when_it_is_killed(tmp_path: Path) ->
 
 
 async def test_bad_models_file_fails_at_start_with_a_clear_message(tmp_path: Path) -> None:
-    process, _, _ = serve(tmp_path, "models: [{name: a}]")
+    process, _, _, _ = serve(tmp_path, "models: [{name: a}]")
     output, _ = process.communicate(timeout=20)
     assert process.returncode == 2
     assert b"configuration error" in output and b"exactly one of 'command' or 'endpoints'" in output

@@ -350,7 +350,8 @@ class HttpProtocol(asyncio.Protocol):
             f"X-Proxy: lingo\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         )
         if self.task is None or self.task.done():
-            self.write(head.encode() + body)
+            head_request = self.parser.get_method() == b"HEAD"  # its answer never carries a body
+            self.write(head.encode() if head_request else head.encode() + body)
         self.close_after_write()
 
 
