@@ -81,6 +81,10 @@ class Lingo:
         # An endpoint that left (pod gone, replica stopped) must not leave stale pooled connections.
         self.registry.on_endpoint_removed = self.forwarder.pool.forget_endpoint
         handler = ProxyHandler(self.registry, self.forwarder, self.metrics, s.max_body, s.api_keys)
+        if s.messengers:  # parsed before anything listens, so a bad URL fails start-up at once
+            from lingo.batch import BatchStreams
+
+            self.batch = BatchStreams.from_settings(s, self.registry, self.forwarder, self.metrics)
         await self._listen("health", self._health_app(), s.health_address)
         await self._listen("metrics", self._metrics_app(), s.metrics_address)
         await self._listen("stats", self._stats_app(), s.stats_address)
@@ -92,10 +96,7 @@ class Lingo:
         except OSError as exc:
             host, port = s.proxy_address
             raise ConfigError(f"cannot listen for proxy on {host}:{port}: {exc.strerror}") from None
-        if s.messengers:
-            from lingo.batch import BatchStreams
-
-            self.batch = BatchStreams.from_settings(s, self.registry, self.forwarder, self.metrics)
+        if self.batch is not None:
             await self.batch.start()
         self._ready = True
         log.info("lingo started", extra={name: f"{h}:{p}" for name, (h, p) in self.addresses.items()})

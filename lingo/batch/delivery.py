@@ -18,15 +18,17 @@ log = logging.getLogger(__name__)
 class Delivery:
     """Guards one message: the first of `ack()` / `nack()` settles it, later calls do nothing."""
 
-    __slots__ = ("message", "settled", "stream")
+    __slots__ = ("alive_at", "message", "settled", "stream")
 
-    def __init__(self, message: Message, stream: str) -> None:
+    def __init__(self, message: Message, stream: str, now: float = 0.0) -> None:
         #: The broker's message.
         self.message = message
         #: The stream label, for logs.
         self.stream = stream
         #: How the message was settled, None while it is still being handled.
         self.settled: Literal["ack", "nack"] | None = None
+        #: Loop time of receipt or of the last in-progress call.
+        self.alive_at = now
 
     async def ack(self) -> bool:
         """Settle as done; False when already settled or the broker failed the ack."""
@@ -58,10 +60,11 @@ class Delivery:
             return False
         return True
 
-    async def in_progress(self) -> None:
+    async def in_progress(self, now: float = 0.0) -> None:
         """Postpone redelivery of an unsettled message; errors are logged, not raised."""
         if self.settled is not None:
             return
+        self.alive_at = now
         try:
             await self.message.in_progress()
         except Exception as exc:

@@ -9,12 +9,11 @@ The message is acked only after its response was published, and nacked when publ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-import aiohttp
+from prometheus_client import Counter
 
 from lingo.batch.backoff import backoff_delay
 from lingo.batch.brokers.base import REQUEST_MESSAGE_ID
@@ -103,15 +102,13 @@ class MessageHandler:
         self.retry = retry or RetryPolicy()
         #: Seconds before a message whose response could not be published is redelivered.
         self.nack_delay = nack_delay
+        self._outcomes: dict[str, Counter] = {}
 
     async def handle(self, delivery: Delivery) -> None:
         """Answer one message and settle it; never raises except on cancellation."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         message = delivery.message
-        keepalive = None
-        if message.keepalive:
-            keepalive = asyncio.create_task(_keep_alive(delivery, message.keepalive))
         try:
             try:
                 envelope = parse_envelope(message.data, self.allowed_paths)
@@ -128,11 +125,6 @@ class MessageHandler:
             log.exception("batch message handling failed", extra={"stream": self.stream})
             self._count("nacked")
             await delivery.nack(self.nack_delay())
-        finally:
-            if keepalive is not None:
-                keepalive.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keepalive
 
     async def _answer(self, envelope: Envelope) -> Answer:
         attempts = envelope.options.max_attempts or self.retry.max_attempts
@@ -171,12 +163,12 @@ class MessageHandler:
             async with self.forwarder.exchange(
                 queue, "POST", envelope.path, REQUEST_HEADERS, body, Priority.BATCH, timeout=timeout
             ) as exchange:
-                self.metrics.queue_wait.labels(queue.group.name).observe(exchange.waited)
+                self.metrics.observe_wait(queue.group.name, exchange.waited)
                 data = await exchange.response.read()
                 return exchange.response.status, response_body(data)
         except LingoError as error:
             return error.status, error.body()
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             # The backend failed while sending its answer: worth another attempt, like a 502.
             error = BackendUnreachable(f"model group {queue.group.name!r} failed mid-response: {exc!r}")
             return error.status, error.body()
@@ -207,11 +199,7 @@ class MessageHandler:
             self.metrics.observe_request(answer.group, "batch", answer.status, elapsed)
 
     def _count(self, outcome: str) -> None:
-        self.metrics.batch_messages.labels(self.stream, outcome).inc()
-
-
-async def _keep_alive(delivery: Delivery, interval: float) -> None:
-    """Tell the broker the message is still being worked on, for as long as it is."""
-    while delivery.settled is None:
-        await asyncio.sleep(interval)
-        await delivery.in_progress()
+        counter = self._outcomes.get(outcome)
+        if counter is None:
+            counter = self._outcomes[outcome] = self.metrics.batch_messages.labels(self.stream, outcome)
+        counter.inc()

@@ -1,7 +1,7 @@
 """Batch streams: receive loops feeding `MessageHandler`s, bounded, resilient, drained on shutdown.
 
 Each stream runs up to `max_handlers` messages at once and asks the broker for no more than it has
-free handlers, so nothing sits unleased in a local buffer. Consecutive errors (receiving or
+free handlers, so messages wait on the broker rather than in lingo. Consecutive errors (receiving or
 publishing) slow its receive loop, up to `MESSENGER_ERROR_MAX_BACKOFF`; a subscription that fails
 is closed and reopened with backoff (Lingo #100, #116). No broker error ends the process.
 """
@@ -38,6 +38,8 @@ RECEIVE_TIMEOUT = 5.0
 ERROR_BACKOFF_BASE = 0.5
 #: Seconds between backlog refreshes.
 BACKLOG_INTERVAL = 1.0
+#: Longest pause between keepalive sweeps over the messages in flight.
+KEEPALIVE_TICK = 1.0
 #: Consecutive publish failures after which the publisher is closed and reopened.
 PUBLISHER_REOPEN_AFTER = 3
 #: Seconds a message is expected to take on a backend once it got a slot (sets Pub/Sub leases).
@@ -62,8 +64,11 @@ class BatchStream:
         self.spec = spec
         #: Name in logs and metrics: the requests URL without credentials.
         self.label = spec.label
+        #: Known models: where backlog sources are registered.
         self.registry = registry
+        #: Where messages are counted.
         self.metrics = metrics
+        #: Retries of transient failures (also sets how long Pub/Sub leases are kept).
         self.retry = retry or RetryPolicy()
         #: Handles one message end to end.
         self.handler = MessageHandler(
@@ -97,6 +102,7 @@ class BatchStream:
         self._slot_freed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._backlog_task: asyncio.Task[None] | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
         self._in_flight = metrics.batch_in_flight.labels(self.label)
         self._stopping = False
 
@@ -108,6 +114,7 @@ class BatchStream:
     def start(self) -> None:
         """Start receiving in the background; opening the subscription is retried until it works."""
         self._loop_task = asyncio.create_task(self._receive_loop(), name=f"batch {self.label}")
+        self._keepalive_task = asyncio.create_task(self._keep_alive(), name=f"keepalive {self.label}")
         model = self.spec.requests.model
         if model:
             self.registry.add_backlog_source(model, lambda: self.backlog)
@@ -135,6 +142,10 @@ class BatchStream:
         for delivery in unsettled:
             self.metrics.batch_messages.labels(self.label, "nacked").inc()
             await delivery.nack()
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive_task
         self.backlog = 0
         await self._close_subscription()
         async with self._publisher_lock:
@@ -169,8 +180,9 @@ class BatchStream:
                 await self._close_subscription()
                 continue
             self.receive_errors.succeeded()
+            now = asyncio.get_running_loop().time()
             for message in messages:
-                self._spawn(Delivery(message, self.label))
+                self._spawn(Delivery(message, self.label, now))
 
     async def _open_subscription(self) -> None:
         subscription = open_subscription(self.spec.requests, self._receive_options)
@@ -197,7 +209,10 @@ class BatchStream:
                 log.debug("closing subscription failed", extra={"stream": self.label, "error": repr(exc)})
 
     async def _free_slots(self) -> int:
-        while len(self._deliveries) >= self.spec.max_handlers:
+        """Free handlers, once a quarter of them are free: the broker is asked for messages in
+        batches rather than once per finished message."""
+        wanted = max(1, self.spec.max_handlers // 4)
+        while self.spec.max_handlers - len(self._deliveries) < wanted:
             self._slot_freed.clear()
             await self._slot_freed.wait()
         return self.spec.max_handlers - len(self._deliveries)
@@ -218,6 +233,22 @@ class BatchStream:
                 self._deliveries.discard(delivery)
             self._in_flight.dec()
             self._slot_freed.set()
+
+    async def _keep_alive(self) -> None:
+        """In-progress acks for messages held longer than their broker's keepalive interval (NATS),
+        so a message waiting for a cold start is not redelivered. One task for the whole stream."""
+        loop = asyncio.get_running_loop()
+        while True:
+            tick = KEEPALIVE_TICK
+            now = loop.time()
+            for delivery in list(self._deliveries):
+                interval = delivery.message.keepalive
+                if interval is None or delivery.settled is not None:
+                    continue
+                tick = min(tick, interval / 3)
+                if now - delivery.alive_at >= interval:
+                    await delivery.in_progress(now)
+            await asyncio.sleep(max(0.05, tick))
 
     async def _refresh_backlog(self) -> None:
         while True:

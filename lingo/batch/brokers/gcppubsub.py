@@ -90,6 +90,8 @@ class PubSubSubscription:
                 None,
                 lambda: client.get_subscription(request={"subscription": self.url.name}, timeout=TIMEOUT),
             )
+        except google_exceptions.PermissionDenied:
+            pass  # roles/pubsub.subscriber may consume but not look: the pull itself will tell
         except google_exceptions.GoogleAPICallError as exc:
             raise BrokerError(f"{self.url.label}: {exc.message or exc!r}") from None
         flow_control = pubsub_v1.types.FlowControl(
@@ -158,14 +160,11 @@ class PubSubPublisher:
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         settings = pubsub_v1.types.BatchSettings(max_messages=100, max_latency=0.005)
-        client = await loop.run_in_executor(None, lambda: pubsub_v1.PublisherClient(batch_settings=settings))
-        self._client = client
-        try:
-            await loop.run_in_executor(
-                None, lambda: client.get_topic(request={"topic": self.url.name}, timeout=TIMEOUT)
-            )
-        except google_exceptions.GoogleAPICallError as exc:
-            raise BrokerError(f"{self.url.label}: {exc.message or exc!r}") from None
+        # No existence check: roles/pubsub.publisher may publish but not look; a missing topic
+        # fails each publish (NotFound), and the requests are redelivered until it exists.
+        self._client = await loop.run_in_executor(
+            None, lambda: pubsub_v1.PublisherClient(batch_settings=settings)
+        )
 
     async def publish(self, data: bytes, attributes: Mapping[str, str]) -> None:
         if self._client is None:

@@ -20,11 +20,14 @@ import contextlib
 import logging
 import os
 import re
+import weakref
+from collections import deque
 from collections.abc import Mapping
 
 import nats
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -95,24 +98,46 @@ def consumer_name_for(subject: str, base: str) -> str:
 
 async def ensure_stream(js: JetStreamContext, subject: str, name: str | None) -> str:
     """The stream holding `subject`: the named one or the one covering it, created or extended."""
-    if name is None:
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            return await js.find_stream_name_by_subject(subject)
-        name = DEFAULT_STREAM
-    try:
-        info = await js.stream_info(name)
-    except nats.js.errors.NotFoundError:
-        await js.add_stream(
-            name=name, subjects=[subject], retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE
-        )
-        log.info("created NATS stream", extra={"stream": name, "subject": subject})
-        return name
-    subjects = list(info.config.subjects or [])
-    if not any(subject_matches(pattern, subject) for pattern in subjects):
-        info.config.subjects = [*subjects, subject]
-        await js.update_stream(info.config)
-        log.info("added subject to NATS stream", extra={"stream": name, "subject": subject})
-    return name
+    async with _setup_lock():
+        if name is None:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                return await js.find_stream_name_by_subject(subject)
+            name = DEFAULT_STREAM
+        for _ in range(3):  # another lingo may create or extend the same stream at the same time
+            try:
+                info = await js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                try:
+                    await js.add_stream(
+                        name=name,
+                        subjects=[subject],
+                        retention=RetentionPolicy.WORK_QUEUE,
+                        storage=StorageType.FILE,
+                    )
+                except nats.js.errors.APIError:
+                    continue
+                log.info("created NATS stream", extra={"stream": name, "subject": subject})
+                return name
+            subjects = list(info.config.subjects or [])
+            if any(subject_matches(pattern, subject) for pattern in subjects):
+                return name
+            info.config.subjects = [*subjects, subject]
+            with contextlib.suppress(nats.js.errors.APIError):
+                await js.update_stream(info.config)
+                log.info("added subject to NATS stream", extra={"stream": name, "subject": subject})
+        raise BrokerError(f"could not create NATS stream {name!r} or add subject {subject!r} to it")
+
+
+_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _setup_lock() -> asyncio.Lock:
+    """Serialises stream set-up within this process (streams sharing `LINGO` start together)."""
+    loop = asyncio.get_running_loop()
+    lock = _locks.get(loop)
+    if lock is None:
+        lock = _locks[loop] = asyncio.Lock()
+    return lock
 
 
 async def ensure_consumer(
@@ -171,7 +196,12 @@ class NatsMessage:
 
 
 class NatsSubscription:
-    """Receives from a durable JetStream pull consumer."""
+    """Receives from a durable JetStream pull consumer.
+
+    Messages stream into a local buffer through one outstanding pull request at a time (asking
+    for as many messages as there are free handlers), delivered to a subscription callback: no
+    round trip and no task per message, and nothing is pulled that no handler could take.
+    """
 
     def __init__(self, url: BrokerURL, options: ReceiveOptions) -> None:
         self.url = url
@@ -181,13 +211,18 @@ class NatsSubscription:
         self.consumer: str | None = None
         self._client: Client | None = None
         self._js: JetStreamContext | None = None
-        self._pull: JetStreamContext.PullSubscription | None = None
+        self._inbox = ""
+        self._buffer: deque[Msg] = deque()
+        self._arrived = asyncio.Event()
+        # Messages asked for by the outstanding pull request and not delivered yet.
+        self._requested = 0
+        self._request_ends = 0.0
         self._keepalive = DEFAULT_ACK_WAIT / 3
         self._next_check = 0.0
 
     async def open(self) -> None:
-        self._client = await connect(f"lingo {self.url.label}")
-        js = self._js = self._client.jetstream(timeout=TIMEOUT)
+        client = self._client = await connect(f"lingo {self.url.label}")
+        js = self._js = client.jetstream(timeout=TIMEOUT)
         subject = self.url.name
         self.stream = await ensure_stream(js, subject, self.url.params.get("stream"))
         self.consumer, ack_wait = await ensure_consumer(
@@ -199,19 +234,44 @@ class NatsSubscription:
             ack_wait_seconds(self.url, DEFAULT_ACK_WAIT),
         )
         self._keepalive = max(0.2, ack_wait / 3)
-        self._pull = await js.pull_subscribe_bind(self.consumer, self.stream)
+        self._inbox = client.new_inbox()
+        await client.subscribe(self._inbox, cb=self._on_message)
+
+    async def _on_message(self, msg: Msg) -> None:
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is None:
+            self._requested = max(0, self._requested - 1)
+            self._buffer.append(msg)
+            self._arrived.set()
+        elif status != "100":  # 404/408/409: the pull request ended (100 is a heartbeat)
+            self._requested = 0
 
     async def receive(self, limit: int, timeout: float) -> list[NatsMessage]:
-        if self._pull is None or self._client is None:
+        client = self._client
+        if client is None or self.stream is None or self.consumer is None:
             raise BrokerError(f"{self.url.label}: not open")
-        if self._client.is_closed:
+        if client.is_closed:
             raise BrokerError(f"{self.url.label}: connection closed")
-        try:
-            messages = await self._pull.fetch(batch=max(1, limit), timeout=timeout)
-        except (TimeoutError, nats.errors.TimeoutError):
-            await self._check_consumer()
-            return []
-        return [NatsMessage(msg, self._keepalive) for msg in messages]
+        loop = asyncio.get_running_loop()
+        if self._requested and loop.time() > self._request_ends:
+            self._requested = 0  # ended without a status (e.g. lost in a reconnect)
+        wanted = limit - len(self._buffer)
+        if wanted > 0 and not self._requested:
+            request = {"batch": wanted, "expires": int(timeout * 1e9)}
+            subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}"
+            await client.publish(subject, orjson.dumps(request), reply=self._inbox)
+            self._requested = wanted
+            self._request_ends = loop.time() + timeout + 1.0
+        if not self._buffer:
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._arrived.wait()
+            except TimeoutError:
+                await self._check_consumer()
+                return []
+        count = min(limit, len(self._buffer))
+        return [NatsMessage(self._buffer.popleft(), self._keepalive) for _ in range(count)]
 
     async def _check_consumer(self) -> None:
         """Raise when the consumer is gone: a deleted consumer just yields empty fetches."""
@@ -232,9 +292,14 @@ class NatsSubscription:
         return int(info.num_pending or 0)
 
     async def close(self) -> None:
-        client, self._client, self._pull = self._client, None, None
+        client, self._client = self._client, None
         if client is not None and not client.is_closed:
+            # Received but never handed out: redeliver now rather than after ack_wait.
+            while self._buffer:
+                with contextlib.suppress(Exception):
+                    await self._buffer.popleft().nak()
             await client.close()
+        self._buffer.clear()
 
 
 class NatsPublisher:
@@ -273,7 +338,15 @@ class NatsPublisher:
             raise BrokerError(f"{self.url.label}: not open")
         headers = dict(attributes) or None
         if self.stream is not None:
-            await self._js.publish(self.url.name, data, headers=headers, timeout=TIMEOUT)
+            # JetStream publish = a request answered with a PubAck (or an error) by the stream.
+            try:
+                reply = await self._client.request(self.url.name, data, timeout=TIMEOUT, headers=headers)
+            except nats.errors.NoRespondersError:
+                raise BrokerError(f"{self.url.label}: no stream stores subject {self.url.name!r}") from None
+            answer = orjson.loads(reply.data)
+            if "error" in answer:
+                error = answer["error"]
+                raise BrokerError(f"{self.url.label}: {error.get('description') or error}")
             return
         await self._client.publish(self.url.name, data, headers=headers)
         await self._client.flush(timeout=TIMEOUT)

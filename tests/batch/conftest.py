@@ -1,0 +1,526 @@
+"""Batch test fixtures: one `BrokerKit` per broker, driving it with the broker's own client library.
+
+A kit makes uniquely named requests/responses places for one test (so runs never collide), gives
+the `--messenger` spec for lingo, publishes requests, collects responses, and cleans up. The
+Google Pub/Sub emulator is started once per session; NATS and RabbitMQ are the machine's servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import free_port
+
+NATS_URL = os.environ.get("NATS_SERVER_URL") or "nats://127.0.0.1:4222"
+RABBIT_URL = os.environ.get("RABBIT_SERVER_URL") or "amqp://guest:guest@127.0.0.1:5672/"
+EMULATOR_PACKAGE = "google-cloud-cli-pubsub-emulator"
+BROKERS = ("mem", "nats", "rabbit", "gcppubsub")
+
+FAKE_MODEL = f"[{sys.executable}, -m, lingo, fake-model, --port, '{{port}}'"
+
+
+def fake_model_entry(name: str = "fake", *flags: str, **keys: object) -> str:
+    """A models-file entry running `lingo fake-model` with `flags`; `keys` are extra YAML keys."""
+    command = FAKE_MODEL + "".join(f", '{flag}'" for flag in flags) + "]"
+    extra = "".join(f"\n    {key}: {value}" for key, value in keys.items())
+    return f"  - name: {name}\n    command: {command}{extra}\n"
+
+
+def reachable(url: str, default_port: int) -> bool:
+    host_port = url.rpartition("@")[2].split("://")[-1].split("/")[0]
+    host, _, port = host_port.partition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port or default_port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Response:
+    """A response message as a test sees it."""
+
+    status_code: int
+    metadata: Any
+    body: Any
+    attributes: dict[str, str]
+
+    @property
+    def custom_id(self) -> str | None:
+        return self.metadata.get("custom_id") if isinstance(self.metadata, dict) else None
+
+
+def decode(data: bytes, attributes: dict[str, str]) -> Response:
+    document = orjson.loads(data)
+    return Response(document["status_code"], document["metadata"], document["body"], attributes)
+
+
+def envelope(custom_id: str, model: str = "fake", **extra: Any) -> bytes:
+    document: dict[str, Any] = {
+        "path": "/v1/completions",
+        "metadata": {"custom_id": custom_id},
+        "body": {"model": model, "prompt": "hello", "max_tokens": 2},
+    }
+    document.update(extra)
+    return orjson.dumps(document)
+
+
+@dataclass
+class BrokerKit:
+    """Base of the per-broker kits; see the module docstring."""
+
+    name: str
+    unique: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    collected: list[Response] = field(default_factory=list)
+
+    def messenger(self, max_handlers: int = 100, model: str | None = None) -> str:
+        query = f"model={model}" if model else ""
+        return f"{self.requests_url(query)}|{self.responses_url()}|{max_handlers}"
+
+    def requests_url(self, query: str = "") -> str:
+        raise NotImplementedError
+
+    def responses_url(self) -> str:
+        raise NotImplementedError
+
+    async def setup(self) -> None:
+        """Create what the test's responses are collected from."""
+
+    async def publish(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
+        """Responses that arrived, acked; waits up to `timeout` seconds for the first."""
+        raise NotImplementedError
+
+    async def break_responses(self) -> None:
+        """Make the next response publishes fail in the broker's own way."""
+        raise NotImplementedError
+
+    async def heal_responses(self) -> None:
+        """Let response publishes succeed again."""
+
+    async def vanish_requests(self) -> None:
+        """Delete lingo's consumer of the requests out of band (NATS consumer, RabbitMQ queue)."""
+        raise NotImplementedError
+
+    async def cleanup(self) -> None:
+        """Delete what the test created."""
+
+    async def collect(self, count: int, timeout: float = 30.0) -> list[Response]:
+        """Wait until `count` responses arrived in all (this call and earlier ones); return all."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.collected) < count:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                ids = sorted(str(r.custom_id) for r in self.collected)
+                raise AssertionError(
+                    f"{self.name}: {len(self.collected)}/{count} responses in {timeout}s: {ids}"
+                )
+            for data, attributes in await self.receive(min(1.0, remaining)):
+                self.collected.append(decode(data, attributes))
+        return self.collected
+
+    async def quiet(self, seconds: float) -> list[Response]:
+        """Collect whatever else arrives within `seconds` (to check nothing more does)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (remaining := deadline - loop.time()) > 0:
+            for data, attributes in await self.receive(min(0.5, remaining)):
+                self.collected.append(decode(data, attributes))
+        return self.collected
+
+
+class MemKit(BrokerKit):
+    def requests_url(self, query: str = "") -> str:
+        return f"mem://req-{self.unique}" + (f"?{query}" if query else "")
+
+    def responses_url(self) -> str:
+        return f"mem://resp-{self.unique}"
+
+    async def publish(self, data: bytes) -> None:
+        from lingo.batch.brokers import mem
+
+        mem.topic(f"req-{self.unique}").publish(data)
+
+    async def receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
+        from lingo.batch.brokers import mem
+
+        messages = await mem.topic(f"resp-{self.unique}").get(100, timeout)
+        for message in messages:
+            await message.ack()
+        return [(m.data, dict(m.attributes)) for m in messages]
+
+    async def break_responses(self) -> None:
+        from lingo.batch.brokers import mem
+
+        mem.topic(f"resp-{self.unique}").fail_publishes = 2
+
+    async def cleanup(self) -> None:
+        from lingo.batch.brokers import mem
+
+        mem.delete_topic(f"req-{self.unique}")
+        mem.delete_topic(f"resp-{self.unique}")
+
+
+class NatsKit(BrokerKit):
+    """Requests stream created by lingo (named in the URL); responses stream created here."""
+
+    def __init__(self, name: str, server: str = NATS_URL) -> None:
+        super().__init__(name)
+        self.server = server
+        self.req_subject = f"lbt.{self.unique}.req"
+        self.resp_subject = f"lbt.{self.unique}.resp"
+        self.req_stream = f"LBTREQ_{self.unique}"
+        self.resp_stream = f"LBTRESP_{self.unique}"
+        self.client: Any = None
+        self.pull: Any = None
+
+    def requests_url(self, query: str = "") -> str:
+        return f"nats://{self.req_subject}?stream={self.req_stream}&ack_wait=3s" + (
+            f"&{query}" if query else ""
+        )
+
+    def responses_url(self) -> str:
+        return f"nats://{self.resp_subject}"
+
+    async def _js(self) -> Any:
+        import nats
+
+        if self.client is None:
+            self.client = await nats.connect(self.server, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+        return self.client.jetstream()
+
+    async def setup(self, **stream_limits: Any) -> None:
+        from nats.js.api import RetentionPolicy
+
+        js = await self._js()
+        await js.add_stream(
+            name=self.resp_stream,
+            subjects=[self.resp_subject],
+            retention=RetentionPolicy.WORK_QUEUE,
+            **stream_limits,
+        )
+        self.pull = await js.pull_subscribe(self.resp_subject, durable="test", stream=self.resp_stream)
+
+    async def publish(self, data: bytes) -> None:
+        js = await self._js()
+        await js.publish(self.req_subject, data, timeout=10)
+
+    async def receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
+        import nats.errors
+
+        try:
+            messages = await self.pull.fetch(100, timeout=timeout)
+            for message in messages:
+                await message.ack_sync()
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except nats.errors.Error:  # the server is restarting: the client reconnects by itself
+            await asyncio.sleep(0.2)
+            return []
+        return [(m.data, dict(m.headers or {})) for m in messages]
+
+    async def vanish_requests(self) -> None:
+        js = await self._js()
+        await js.delete_consumer(self.req_stream, "lingo")
+
+    async def break_responses(self) -> None:
+        # A full work-queue stream that refuses new messages: JetStream answers the publish with an error.
+        js = await self._js()
+        await js.delete_stream(self.resp_stream)
+        await self.setup(max_msgs=1, discard="new")
+
+    async def cleanup(self) -> None:
+        # Lingo or `lingo batch` may have created the streams even if this kit never connected.
+        js = await self._js()
+        for stream in (self.req_stream, self.resp_stream):
+            with contextlib.suppress(Exception):
+                await js.delete_stream(stream)
+        await self.client.close()
+
+
+class RabbitKit(BrokerKit):
+    """Requests queue declared by lingo; responses queue declared here (or by lingo)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.req_queue = f"lbt-req-{self.unique}"
+        self.resp_queue = f"lbt-resp-{self.unique}"
+        self.connection: Any = None
+        self.channel: Any = None
+
+    def requests_url(self, query: str = "") -> str:
+        return f"rabbit://{self.req_queue}" + (f"?{query}" if query else "")
+
+    def responses_url(self) -> str:
+        return f"rabbit://{self.resp_queue}"
+
+    async def _channel(self) -> Any:
+        import aio_pika
+
+        if self.connection is None:
+            self.connection = await aio_pika.connect_robust(RABBIT_URL)
+            self.channel = await self.connection.channel()
+        return self.channel
+
+    async def setup(self, **arguments: Any) -> None:
+        channel = await self._channel()
+        await channel.declare_queue(self.resp_queue, durable=True, arguments=arguments or None)
+
+    async def publish(self, data: bytes) -> None:
+        import aio_pika
+
+        channel = await self._channel()
+        await channel.default_exchange.publish(aio_pika.Message(data), routing_key=self.req_queue)
+
+    async def receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
+        channel = await self._channel()
+        queue = await channel.get_queue(self.resp_queue)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        out: list[tuple[bytes, dict[str, str]]] = []
+        while True:
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                if out or loop.time() >= deadline:
+                    return out
+                await asyncio.sleep(0.05)
+                continue
+            await message.ack()
+            out.append((message.body, {k: str(v) for k, v in (message.headers or {}).items()}))
+
+    async def vanish_requests(self) -> None:
+        channel = await self._channel()
+        await channel.queue_delete(self.req_queue)
+
+    async def break_responses(self) -> None:
+        # A queue that holds one message and refuses more: the broker nacks the publish.
+        channel = await self._channel()
+        await channel.queue_delete(self.resp_queue)
+        await self.setup(**{"x-max-length": 1, "x-overflow": "reject-publish"})
+
+    async def cleanup(self) -> None:
+        channel = await self._channel()  # lingo declares the queues even if this kit never connected
+        for queue in (self.req_queue, self.resp_queue):
+            with contextlib.suppress(Exception):
+                await channel.queue_delete(queue)
+        await self.connection.close()
+
+
+class PubSubKit(BrokerKit):
+    """Topics and subscriptions created here through the emulator's admin API."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.project = "lingo-test"
+        self.req_topic = f"projects/{self.project}/topics/req-{self.unique}"
+        self.req_sub = f"projects/{self.project}/subscriptions/req-{self.unique}"
+        self.resp_topic = f"projects/{self.project}/topics/resp-{self.unique}"
+        self.resp_sub = f"projects/{self.project}/subscriptions/resp-{self.unique}"
+        self._publisher: Any = None
+        self._subscriber: Any = None
+
+    def requests_url(self, query: str = "") -> str:
+        return f"gcppubsub://{self.req_sub}" + (f"?{query}" if query else "")
+
+    def responses_url(self) -> str:
+        return f"gcppubsub://{self.resp_topic}"
+
+    def _clients(self) -> tuple[Any, Any]:
+        from google.cloud import pubsub_v1
+
+        if self._publisher is None:
+            self._publisher = pubsub_v1.PublisherClient()
+            self._subscriber = pubsub_v1.SubscriberClient()
+        return self._publisher, self._subscriber
+
+    def _create(self, topic: str, subscription: str) -> None:
+        publisher, subscriber = self._clients()
+        publisher.create_topic(name=topic)
+        subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=10)
+
+    async def setup(self) -> None:
+        await asyncio.to_thread(self._create, self.req_topic, self.req_sub)
+        await asyncio.to_thread(self._create, self.resp_topic, self.resp_sub)
+
+    async def publish(self, data: bytes) -> None:
+        publisher, _ = self._clients()
+        await asyncio.wrap_future(publisher.publish(self.req_topic, data))
+
+    def _pull(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
+        _, subscriber = self._clients()
+        try:
+            response = subscriber.pull(
+                request={"subscription": self.resp_sub, "max_messages": 100}, timeout=max(0.5, timeout)
+            )
+        except Exception:  # DeadlineExceeded when nothing arrived
+            return []
+        if response.received_messages:
+            subscriber.acknowledge(
+                request={
+                    "subscription": self.resp_sub,
+                    "ack_ids": [m.ack_id for m in response.received_messages],
+                }
+            )
+        return [(m.message.data, dict(m.message.attributes)) for m in response.received_messages]
+
+    async def receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
+        messages = await asyncio.to_thread(self._pull, timeout)
+        if not messages:
+            await asyncio.sleep(0.05)
+        return messages
+
+    async def break_responses(self) -> None:
+        # The responses topic is gone: publishing fails with NotFound until it is back.
+        def delete() -> None:
+            _, subscriber = self._clients()
+            subscriber.delete_subscription(request={"subscription": self.resp_sub})
+            self._publisher.delete_topic(request={"topic": self.resp_topic})
+
+        await asyncio.to_thread(delete)
+
+    async def heal_responses(self) -> None:
+        await asyncio.to_thread(self._create, self.resp_topic, self.resp_sub)
+
+    async def cleanup(self) -> None:
+        if self._publisher is None:
+            return
+
+        def delete() -> None:
+            for call, name in (
+                (self._subscriber.delete_subscription, {"subscription": self.req_sub}),
+                (self._subscriber.delete_subscription, {"subscription": self.resp_sub}),
+                (self._publisher.delete_topic, {"topic": self.req_topic}),
+                (self._publisher.delete_topic, {"topic": self.resp_topic}),
+            ):
+                with contextlib.suppress(Exception):
+                    call(request=name)
+            self._subscriber.close()
+
+        await asyncio.to_thread(delete)
+
+
+def emulator_launcher() -> str | None:
+    """Path of the Pub/Sub emulator launcher from its Debian package, if installed."""
+    try:
+        listing = subprocess.run(["dpkg", "-L", EMULATOR_PACKAGE], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in listing.stdout.splitlines():
+        if line.endswith("bin/cloud-pubsub-emulator") and os.access(line, os.X_OK):
+            return line
+    return None
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`host:port` of a Pub/Sub emulator started for this session; PUBSUB_EMULATOR_HOST is set."""
+    launcher = emulator_launcher()
+    if launcher is None or shutil.which("java") is None:
+        pytest.skip(f"Pub/Sub emulator not installed (Debian package {EMULATOR_PACKAGE} and java needed)")
+    port = free_port()
+    log = tmp_path_factory.mktemp("pubsub") / "emulator.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [launcher, "--host=127.0.0.1", f"--port={port}"], stdout=out, stderr=out, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while b"Server started" not in log.read_bytes():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Pub/Sub emulator did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        address = f"127.0.0.1:{port}"
+        previous = os.environ.get("PUBSUB_EMULATOR_HOST")
+        os.environ["PUBSUB_EMULATOR_HOST"] = address
+        yield address
+        if previous is None:
+            os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+        else:
+            os.environ["PUBSUB_EMULATOR_HOST"] = previous
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 15)
+        process.wait(10)
+
+
+def make_kit(name: str, request: pytest.FixtureRequest) -> BrokerKit:
+    if name == "mem":
+        return MemKit(name)
+    if name == "nats":
+        if not reachable(NATS_URL, 4222):
+            pytest.skip(f"no NATS server at {NATS_URL} (make services starts one)")
+        return NatsKit(name)
+    if name == "rabbit":
+        if not reachable(RABBIT_URL, 5672):
+            pytest.skip("no RabbitMQ server at 127.0.0.1:5672 (make services starts one)")
+        return RabbitKit(name)
+    request.getfixturevalue("pubsub_emulator")
+    return PubSubKit(name)
+
+
+@pytest.fixture(params=BROKERS)
+async def kit(request: pytest.FixtureRequest) -> AsyncIterator[BrokerKit]:
+    """A fresh kit for each broker (the test runs once per broker)."""
+    broker = make_kit(request.param, request)
+    try:
+        yield broker
+    finally:
+        await broker.cleanup()
+
+
+class NatsServer:
+    """A private nats-server with JetStream on a free port, restartable with the same store."""
+
+    binary = "/usr/sbin/nats-server"
+
+    def __init__(self, store: Path) -> None:
+        self.port = free_port()
+        self.store = store
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while not reachable(self.url, self.port):
+            assert self.process.poll() is None, "nats-server exited"
+            assert time.monotonic() < deadline, "nats-server did not open its port"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def private_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    if not os.access(NatsServer.binary, os.X_OK):
+        pytest.skip("nats-server is not installed")
+    server = NatsServer(tmp_path / "jetstream")
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,226 @@
+"""Batch survives failures: HTTP keeps priority, a killed lingo loses nothing, NATS may restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from lingo.batch import streams
+from lingo.batch.brokers import nats as nats_broker
+from lingo.queue import Priority
+from tests.batch.conftest import BrokerKit, NatsKit, NatsServer, envelope, fake_model_entry, make_kit
+from tests.conftest import StartLingo, free_port, wait_for
+
+
+def models(*entries: str) -> str:
+    return "models:\n" + "".join(entries)
+
+
+async def collect_ids(kit: BrokerKit, wanted: set[str], timeout: float) -> set[str]:
+    """Receive until every id in `wanted` was answered at least once (duplicates allowed)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    seen: set[str] = set()
+    while not wanted <= seen:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            missing = sorted(wanted - seen)
+            raise AssertionError(f"{len(missing)} custom_id(s) never answered: {missing[:10]}")
+        await kit.collect(len(kit.collected) + 1, timeout=remaining)
+        seen = {r.custom_id for r in kit.collected if r.status_code == 200 and r.custom_id}
+    return seen
+
+
+async def test_http_requests_wait_less_than_batch_messages_of_the_same_model(start_lingo: StartLingo) -> None:
+    kit = make_kit("mem", None)  # type: ignore[arg-type]
+    lingo = await start_lingo(
+        models(fake_model_entry("busy", "--latency", "0.3", min_replicas=1, max_replicas=1, concurrency=2)),
+        messengers=[kit.messenger(max_handlers=40)],
+    )
+    queue = lingo.registry.queues["busy"]
+    await wait_for(lambda: bool(queue.endpoints), timeout=20)
+    batch_count = 30
+    for i in range(batch_count):
+        await kit.publish(envelope(f"b-{i}", model="busy"))
+    await wait_for(lambda: queue.queued_by(Priority.BATCH) >= 20, timeout=10)
+
+    async def http_request(session: aiohttp.ClientSession) -> float:
+        started = time.monotonic()
+        body = {"model": "busy", "prompt": "hi", "max_tokens": 2}
+        async with session.post(f"{lingo.url()}/v1/completions", json=body) as response:
+            assert response.status == 200
+            await response.read()
+        return time.monotonic() - started
+
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        http_latencies = await asyncio.gather(*(http_request(session) for _ in range(4)))
+    await kit.collect(batch_count, timeout=30)
+    batch_done = time.monotonic() - started
+
+    # Four HTTP requests on two slots take two rounds (plus the one running): about 0.9 s, while
+    # the batch backlog needs about 30 x 0.3 / 2 = 4.5 s.
+    assert max(http_latencies) < 1.6, http_latencies
+    assert max(http_latencies) < batch_done / 2, (http_latencies, batch_done)
+    await kit.cleanup()
+
+
+# -- lingo killed mid-run ---------------------------------------------------------------------------
+
+
+class ServeProcess:
+    """`lingo serve` as a subprocess on free ports."""
+
+    def __init__(self, tmp: Path, models_yaml: str, messenger: str, env: dict[str, str]) -> None:
+        models_file = tmp / "models.yaml"
+        models_file.write_text(models_yaml)
+        self.health = free_port()
+        self.log = tmp / f"serve-{time.monotonic_ns()}.log"
+        environment = {
+            **os.environ,
+            **env,
+            "LINGO_PLATFORM": "local",
+            "LINGO_MODELS_FILE": str(models_file),
+            "LINGO_LOG_DIR": str(tmp / "replicas"),
+            "LINGO_PROXY_ADDRESS": f"127.0.0.1:{free_port()}",
+            "HEALTH_PROBE_BIND_ADDRESS": f"127.0.0.1:{self.health}",
+            "METRICS_BIND_ADDRESS": f"127.0.0.1:{free_port()}",
+            "LINGO_STATS_ADDRESS": f"127.0.0.1:{free_port()}",
+            "MESSENGER_URLS": messenger,
+            "AUTOSCALING_INTERVAL": "0.2s",
+            "AUTOSCALING_TIME_WINDOW": "1s",
+        }
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "lingo", "serve"],
+                env=environment,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+
+    async def ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                assert self.process.poll() is None, self.log.read_text()[-3000:]
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"http://127.0.0.1:{self.health}/readyz") as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"lingo serve not ready in {timeout}s: {self.log.read_text()[-3000:]}")
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(15)
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+
+@pytest.fixture(params=["nats", "rabbit"])
+async def durable_kit(request: pytest.FixtureRequest) -> Iterator[BrokerKit]:
+    broker = make_kit(request.param, request)
+    try:
+        yield broker
+    finally:
+        await broker.cleanup()
+
+
+async def test_every_message_is_answered_after_lingo_is_killed_mid_run_and_restarted(
+    durable_kit: BrokerKit, tmp_path: Path
+) -> None:
+    kit = durable_kit
+    await kit.setup()
+    models_yaml = models(
+        fake_model_entry("fake", "--latency", "0.1", min_replicas=1, max_replicas=1, concurrency=4)
+    )
+    messenger = kit.messenger(max_handlers=50)
+    env = {"NATS_SERVER_URL": getattr(kit, "server", "")} if isinstance(kit, NatsKit) else {}
+    first = ServeProcess(tmp_path, models_yaml, messenger, env)
+    second: ServeProcess | None = None
+    try:
+        await first.ready()
+        wanted = {f"k-{i}" for i in range(200)}
+        for custom_id in sorted(wanted):
+            await kit.publish(envelope(custom_id))
+        await kit.collect(30, timeout=30)
+
+        first.kill(signal.SIGKILL)
+        answered_before = len({r.custom_id for r in kit.collected})
+        assert answered_before < len(wanted), "the kill should happen mid-run"
+        second = ServeProcess(tmp_path, models_yaml, messenger, env)
+        await second.ready()
+
+        assert await collect_ids(kit, wanted, timeout=60) >= wanted
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill(signal.SIGTERM)
+
+
+async def test_a_subscription_whose_consumer_or_queue_vanished_is_reopened(
+    durable_kit: BrokerKit, start_lingo: StartLingo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streams, "RECEIVE_TIMEOUT", 0.3)
+    monkeypatch.setattr(nats_broker, "CONSUMER_CHECK_INTERVAL", 0.3)
+    kit = durable_kit
+    await kit.setup()
+    lingo = await start_lingo(
+        models(fake_model_entry("fake", min_replicas=1, max_replicas=1)), messengers=[kit.messenger()]
+    )
+    stream = lingo.batch.streams[0]
+    await kit.publish(envelope("before"))
+    await kit.collect(1, timeout=20)
+
+    await kit.vanish_requests()
+    await wait_for(lambda: stream.opens >= 2, timeout=20)
+    await kit.publish(envelope("after"))
+
+    responses = await kit.collect(2, timeout=20)
+    assert [(r.custom_id, r.status_code) for r in responses] == [("before", 200), ("after", 200)]
+
+
+# -- NATS restarted mid-run -------------------------------------------------------------------------
+
+
+async def test_lingo_rides_out_a_nats_restart_and_finishes(
+    private_nats: NatsServer, start_lingo: StartLingo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NATS_SERVER_URL", private_nats.url)
+    kit = NatsKit("nats", server=private_nats.url)
+    await kit.setup()
+    # No stream named: lingo creates the default LINGO stream and `lingo` consumer on this fresh server.
+    messenger = f"nats://{kit.req_subject}?ack_wait=2s|nats://{kit.resp_subject}|20"
+    await start_lingo(
+        models(fake_model_entry("fake", "--latency", "0.1", min_replicas=1, max_replicas=1, concurrency=2)),
+        messengers=[messenger],
+    )
+    wanted = {f"n-{i}" for i in range(60)}
+    for custom_id in sorted(wanted):
+        await kit.publish(envelope(custom_id))
+    await kit.collect(10, timeout=30)
+
+    private_nats.stop()
+    await asyncio.sleep(1.0)
+    private_nats.start()
+
+    assert await collect_ids(kit, wanted, timeout=60) >= wanted
+    js = kit.client.jetstream()
+    assert (await js.find_stream_name_by_subject(kit.req_subject)) == "LINGO"
+    await kit.cleanup()
