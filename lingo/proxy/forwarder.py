@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from lingo.errors import BackendUnreachable
 from lingo.proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse
@@ -35,6 +35,11 @@ class Exchange:
     #: Attempts made, 1 when the first one answered.
     attempts: int
 
+    def close(self) -> None:
+        """Give back the connection (or close it, if the body was not read) and the endpoint slot."""
+        self.response.release()
+        self.lease.release()
+
 
 class Forwarder:
     """Queue, pick, send, retry: gets a backend response for one request."""
@@ -47,8 +52,7 @@ class Forwarder:
         #: Default seconds a request may wait for an endpoint slot, over all attempts.
         self.max_wait = max_wait
 
-    @asynccontextmanager
-    async def exchange(
+    def exchange(
         self,
         queue: ModelQueue,
         method: str,
@@ -57,8 +61,21 @@ class Forwarder:
         body: bytes,
         priority: Priority,
         timeout: float | None = None,
-    ) -> AsyncIterator[Exchange]:
-        """Yield the backend's response; the slot is held until the `async with` block ends.
+    ) -> _ExchangeContext:
+        """`async with forwarder.exchange(...) as exchange:` — the slot is held until the block ends."""
+        return _ExchangeContext(self.send(queue, method, path, headers, body, priority, timeout))
+
+    async def send(
+        self,
+        queue: ModelQueue,
+        method: str,
+        path: str,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        body: bytes,
+        priority: Priority,
+        timeout: float | None = None,
+    ) -> Exchange:
+        """The backend's response, holding an endpoint slot until `Exchange.close()`.
 
         Retries resend the whole body to a freshly picked endpoint, only before any byte of a
         response was handed to the caller. The last attempt's 502/503/504 passes through as it is.
@@ -89,12 +106,26 @@ class Forwarder:
                 lease.release()
                 avoid = lease.url
                 continue
-            try:
-                yield Exchange(response, lease, waited, attempt)
-            finally:
-                response.release()
-                lease.release()
-            return
+            return Exchange(response, lease, waited, attempt)
         raise BackendUnreachable(
             f"model group {queue.group.name!r} unreachable after {attempts} attempt(s): {last_error}"
         )
+
+
+class _ExchangeContext:
+    """Runs `Forwarder.send` on entry and closes the exchange on exit (a class: cheaper than a
+    generator-based context manager on the hot path)."""
+
+    __slots__ = ("_exchange", "_sending")
+
+    def __init__(self, sending: Coroutine[Any, Any, Exchange]) -> None:
+        self._sending = sending
+        self._exchange: Exchange | None = None
+
+    async def __aenter__(self) -> Exchange:
+        self._exchange = await self._sending
+        return self._exchange
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._exchange is not None:
+            self._exchange.close()

@@ -45,7 +45,8 @@ class _Connection(asyncio.Protocol):
         self.response: UpstreamResponse | None = None
         self.closed = False
         self.reused = False
-        self.idle_handle: asyncio.TimerHandle | None = None
+        #: Loop time when the connection was last parked idle in the pool.
+        self.parked_at = 0.0
         self._header_name = b""
         self._header_bytes = 0
         #: True while parsing an interim (1xx) response, which is skipped.
@@ -151,8 +152,6 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
         if self.transport is not None:
             self.transport.close()
 
@@ -250,6 +249,7 @@ class UpstreamPool:
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._all: set[_Connection] = set()
+        self._swept_at = 0.0
 
     async def request(
         self, base_url: str, method: str, path: str, headers: Iterable[tuple[str, str]], body: bytes
@@ -311,23 +311,39 @@ class UpstreamPool:
 
     def _take(self, key: tuple[str, int]) -> _Connection | None:
         idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
         while idle:
-            connection = idle.pop()
-            if connection.idle_handle is not None:
-                connection.idle_handle.cancel()
-                connection.idle_handle = None
-            if not connection.closed:
-                connection.reused = True
-                return connection
+            connection = idle.pop()  # the most recently used: the least likely to be stale
+            if connection.closed:
+                continue
+            if now - connection.parked_at > IDLE_TIMEOUT:
+                connection.close()
+                continue
+            connection.reused = True
+            return connection
         return None
 
     def _park(self, connection: _Connection) -> None:
         if connection.closed:
             return
-        connection.parser = httptools.HttpResponseParser(connection)
+        # llhttp resets itself after a complete keep-alive message: the parser is reused as it is.
         connection._header_bytes = 0
+        now = asyncio.get_running_loop().time()
+        connection.parked_at = now
         self._idle.setdefault(connection.key, []).append(connection)
-        connection.idle_handle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, connection.close)
+        if now - self._swept_at > 1.0:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Close connections idle past IDLE_TIMEOUT (a timestamp check, not a timer per request)."""
+        self._swept_at = now
+        for idle in self._idle.values():
+            expired = [c for c in idle if now - c.parked_at > IDLE_TIMEOUT]
+            for connection in expired:
+                idle.remove(connection)
+                connection.close()
 
     def _forget(self, connection: _Connection) -> None:
         self._all.discard(connection)
