@@ -1,20 +1,79 @@
 """Prometheus metrics (names are part of the contract, SPEC §7).
 
 Gauges of queued and in-flight work are read from the queues at scrape time, so the queue stays the
-only owner of those counts; counters and histograms are updated on the request path.
+only owner of those counts. Per-request counters and histograms are plain integers on the hot path
+(one event loop, no locks needed) and turned into Prometheus families at scrape time.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from lingo.registry import Registry
 
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class _Histogram:
+    """Bucket counts and a sum; `observe` is a bisect and two additions."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_DURATION_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(_DURATION_BUCKETS, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        cumulative, out = 0, []
+        for bound, count in zip((*_DURATION_BUCKETS, float("inf")), self.counts, strict=True):
+            cumulative += count
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
+        return out
+
+
+class RequestCollector(Collector):
+    """`lingo_requests_total`, `lingo_request_duration_seconds`, `lingo_queue_wait_seconds`."""
+
+    def __init__(self) -> None:
+        #: Answered requests by (model, source, code).
+        self.requests: dict[tuple[str, str, str], int] = {}
+        #: Durations by (model, source).
+        self.durations: dict[tuple[str, str], _Histogram] = {}
+        #: Queue waits by model.
+        self.waits: dict[str, _Histogram] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        requests = CounterMetricFamily(
+            "lingo_requests",
+            "Requests answered, by source (http|batch) and status code.",
+            labels=["model", "source", "code"],
+        )
+        for labels, count in sorted(self.requests.items()):
+            requests.add_metric(list(labels), count)
+        durations = HistogramMetricFamily(
+            "lingo_request_duration_seconds",
+            "Time from arrival to the end of the answer.",
+            labels=["model", "source"],
+        )
+        for labels, histogram in sorted(self.durations.items()):
+            durations.add_metric(list(labels), histogram.buckets(), histogram.total)
+        waits = HistogramMetricFamily(
+            "lingo_queue_wait_seconds", "Time a request waited for an endpoint slot.", labels=["model"]
+        )
+        for model, histogram in sorted(self.waits.items()):
+            waits.add_metric([model], histogram.buckets(), histogram.total)
+        yield requests
+        yield durations
+        yield waits
 
 
 class QueueCollector(Collector):
@@ -55,26 +114,9 @@ class Metrics:
     def __init__(self, registry: Registry, desired: Callable[[], dict[str, int]] = dict) -> None:
         #: The Prometheus registry `/metrics` renders.
         self.prometheus = CollectorRegistry()
-        self.requests = Counter(
-            "lingo_requests",
-            "Requests answered, by source (http|batch) and status code.",
-            ["model", "source", "code"],
-            registry=self.prometheus,
-        )
-        self.request_duration = Histogram(
-            "lingo_request_duration_seconds",
-            "Time from arrival to the end of the answer.",
-            ["model", "source"],
-            buckets=_DURATION_BUCKETS,
-            registry=self.prometheus,
-        )
-        self.queue_wait = Histogram(
-            "lingo_queue_wait_seconds",
-            "Time a request waited for an endpoint slot.",
-            ["model"],
-            buckets=_DURATION_BUCKETS,
-            registry=self.prometheus,
-        )
+        #: Per-request counters and histograms (plain numbers, rendered at scrape time).
+        self.requests = RequestCollector()
+        self.prometheus.register(self.requests)
         self.scale_events = Counter(
             "lingo_scale_events",
             "Replica changes made by the autoscaler.",
@@ -94,28 +136,23 @@ class Metrics:
             registry=self.prometheus,
         )
         self.prometheus.register(QueueCollector(registry, desired))
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
-        self._waits: dict[str, Histogram] = {}
 
     def observe_request(self, model: str, source: str, code: int, duration: float) -> None:
-        """Count one answered request and its duration (cached label children: hot path)."""
-        key = (model, source, code)
-        children = self._children.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(model, source, str(code)),
-                self.request_duration.labels(model, source),
-            )
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(duration)
+        """Count one answered request and its duration."""
+        requests = self.requests
+        key = (model, source, str(code))
+        requests.requests[key] = requests.requests.get(key, 0) + 1
+        histogram = requests.durations.get((model, source))
+        if histogram is None:
+            histogram = requests.durations[(model, source)] = _Histogram()
+        histogram.observe(duration)
 
     def observe_wait(self, model: str, seconds: float) -> None:
         """Record how long a request waited for an endpoint slot."""
-        child = self._waits.get(model)
-        if child is None:
-            child = self._waits[model] = self.queue_wait.labels(model)
-        child.observe(seconds)
+        histogram = self.requests.waits.get(model)
+        if histogram is None:
+            histogram = self.requests.waits[model] = _Histogram()
+        histogram.observe(seconds)
 
     def observe_scale(self, model: str, current: int, target: int) -> None:
         self.scale_events.labels(model, "up" if target > current else "down").inc()

@@ -163,7 +163,8 @@ class HttpProtocol(asyncio.Protocol):
         self._too_large = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._paused = False
-        self._idle: asyncio.TimerHandle | None = None
+        #: Loop time of the last bytes received or answer finished (idle connections are swept).
+        self.last_seen = 0.0
         self._upgraded = False
         self._busy = False
 
@@ -172,9 +173,10 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.server.connections.add(self)
-        self._arm_idle()
+        self.last_seen = asyncio.get_running_loop().time()
 
     def data_received(self, data: bytes) -> None:
+        self.last_seen = asyncio.get_running_loop().time()
         if self._upgraded:
             return
         try:
@@ -204,8 +206,6 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server.connections.discard(self)
-        if self._idle is not None:
-            self._idle.cancel()
         if self.task is not None and not self.task.done():
             self.task.cancel()  # frees the request's queue place or endpoint slot at once
         waiter = self._drain_waiter
@@ -224,9 +224,6 @@ class HttpProtocol(asyncio.Protocol):
     # -- llhttp callbacks -----------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
         self._target.clear()
         self._headers = []
         self._header_bytes = 0
@@ -303,8 +300,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._busy = False
             if not writer.finished:
                 writer.abort()
-        if not self.closing:
-            self._arm_idle()
+        self.last_seen = asyncio.get_running_loop().time()
 
     # -- writing --------------------------------------------------------------------------------------
 
@@ -332,13 +328,14 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def close_if_idle(self) -> None:
-        if self.task is None or self.task.done():
-            self.close_after_write()
+    @property
+    def busy(self) -> bool:
+        """True while a request of this connection is being handled."""
+        return self.task is not None and not self.task.done()
 
-    def _arm_idle(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(KEEP_ALIVE_TIMEOUT, self.close_if_idle)
+    def close_if_idle(self) -> None:
+        if not self.busy:
+            self.close_after_write()
 
     def _reject(self, status: int, message: str) -> None:
         body = (
@@ -380,6 +377,7 @@ class ProxyServer:
         #: True once shutting down: answers carry `Connection: close`.
         self.draining = False
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -387,11 +385,24 @@ class ProxyServer:
             lambda: HttpProtocol(self), host, port, backlog=4096, reuse_address=True
         )
         bound = self._server.sockets[0].getsockname()
+        self._sweeper = loop.create_task(self._sweep_idle())
         return host, int(bound[1])
+
+    async def _sweep_idle(self) -> None:
+        """Close connections silent for KEEP_ALIVE_TIMEOUT: one sweep, not a timer per request."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(KEEP_ALIVE_TIMEOUT / 5)
+            cutoff = loop.time() - KEEP_ALIVE_TIMEOUT
+            for connection in list(self.connections):
+                if connection.last_seen < cutoff and not connection.busy:
+                    connection.close_after_write()
 
     def stop_accepting(self) -> None:
         """Close the listening socket and idle keep-alive connections; running requests go on."""
         self.draining = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
@@ -403,7 +414,7 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while (
-            any(c.task is not None and not c.task.done() for c in self.connections) and loop.time() < deadline
+            any(c.busy for c in self.connections) and loop.time() < deadline
         ):
             await asyncio.sleep(0.05)
         for connection in list(self.connections):

@@ -250,18 +250,17 @@ class UpstreamPool:
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._swept_at = 0.0
+        self._targets: dict[str, tuple[tuple[str, int], str]] = {}
 
     async def request(
         self, base_url: str, method: str, path: str, headers: Iterable[tuple[str, str]], body: bytes
     ) -> UpstreamResponse:
         """Send one request and return once the response status and headers have arrived."""
-        split = urlsplit(base_url)
-        host = split.hostname or "127.0.0.1"
-        port = split.port or (443 if split.scheme == "https" else 80)
-        if split.scheme != "http":
-            raise UpstreamError(f"unsupported endpoint scheme in {base_url!r}: only http is spoken")
-        key = (host, port)
-        head = _encode_head(method, path, split.netloc, headers, len(body))
+        target = self._targets.get(base_url)
+        if target is None:
+            target = self._targets[base_url] = _parse_target(base_url)
+        key, netloc = target
+        head = _encode_head(method, path, netloc, headers, len(body))
         connection = self._take(key)
         if connection is not None:
             try:
@@ -279,6 +278,7 @@ class UpstreamPool:
 
     def forget_endpoint(self, base_url: str) -> None:
         """Close pooled idle connections to an endpoint that left the rotation."""
+        self._targets.pop(base_url, None)
         split = urlsplit(base_url)
         for connection in self._idle.pop((split.hostname or "", split.port or 80), []):
             connection.close()
@@ -350,6 +350,14 @@ class UpstreamPool:
         idle = self._idle.get(connection.key)
         if idle and connection in idle:
             idle.remove(connection)
+
+
+def _parse_target(base_url: str) -> tuple[tuple[str, int], str]:
+    """((host, port), netloc) of an endpoint URL; only plain http is spoken to model servers."""
+    split = urlsplit(base_url)
+    if split.scheme != "http":
+        raise UpstreamError(f"unsupported endpoint scheme in {base_url!r}: only http is spoken")
+    return (split.hostname or "127.0.0.1", split.port or 80), split.netloc
 
 
 def _encode_head(
