@@ -118,3 +118,37 @@ async def test_backend_that_silently_drops_idle_connections_costs_no_error(start
         await asyncio.sleep(0.05)
     assert answers == 5
     server.close()
+
+
+async def test_a_slow_client_slows_the_backend_instead_of_filling_lingos_memory(start_lingo) -> None:
+    """Backpressure: a 64 MiB stream to a client that is not reading must stall the backend."""
+    total = 64 * 1024 * 1024
+    chunk = b"x" * 65536
+    finished = asyncio.Event()
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
+        writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+        for _ in range(total // len(chunk)):
+            writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        finished.set()
+        writer.close()
+
+    server = await asyncio.start_server(backend, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    lingo = await start_lingo(static(f"http://127.0.0.1:{port}"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", lingo.addresses["proxy"][1])
+    writer.write(post_bytes(b'{"model": "static"}', "Connection: close\r\n"))
+    await asyncio.sleep(2.0)  # not reading: every buffer on the way fills up
+    assert not finished.is_set(), "the backend could send everything: lingo buffered it"
+    received = 0
+    while data := await asyncio.wait_for(reader.read(1 << 20), 20):
+        received += len(data)
+    assert finished.is_set() and received > total
+    writer.close()
+    server.close()

@@ -109,9 +109,7 @@ class ProxyHandler:
                     return
                 out.start(code, headers, length)
                 try:
-                    async for chunk in upstream.iter_chunks():
-                        out.write(chunk)
-                        await out.drain()
+                    await upstream.pipe(out)
                 except UpstreamError as exc:
                     # Bytes already reached the client: no retry is possible. Cut the connection so
                     # the client sees a truncated response, not a falsely complete one.

@@ -121,6 +121,11 @@ class ResponseWriter:
         else:
             self._protocol.write(chunk)
 
+    @property
+    def paused(self) -> bool:
+        """True while the client's send buffer is full."""
+        return self._protocol._paused
+
     async def drain(self) -> None:
         """Wait while the client reads slower than the backend writes."""
         await self._protocol.drain()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httptools
@@ -123,6 +124,15 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         response = self.response
         assert response is not None
+        sink = response._sink
+        if sink is not None:
+            # Piped: straight to the client as llhttp parses it, no task switch per chunk.
+            sink.write(body)
+            if sink.paused and self.transport is not None:
+                self.transport.pause_reading()
+                response._paused = True
+                response._wake()
+            return
         response._chunks.append(body)
         response._wake()
         if len(response._chunks) > _HIGH_WATER and self.transport is not None:
@@ -156,6 +166,19 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+class BodySink(Protocol):
+    """Where a piped body goes: the client connection."""
+
+    @property
+    def paused(self) -> bool:
+        """True while the client's send buffer is full."""
+
+    def write(self, chunk: bytes) -> None: ...
+
+    async def drain(self) -> None:
+        """Wait until the client's send buffer has room again."""
+
+
 class UpstreamResponse:
     """A backend's response: status and headers at once, the body as it arrives."""
 
@@ -177,6 +200,7 @@ class UpstreamResponse:
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self._released = False
+        self._sink: BodySink | None = None
 
     @property
     def raw_headers(self) -> list[tuple[str, str]]:
@@ -223,6 +247,35 @@ class UpstreamResponse:
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
             self._waiter = None
+
+    async def pipe(self, sink: BodySink) -> None:
+        """Forward the body to `sink` as it arrives; raises UpstreamError if the backend breaks off.
+
+        Reading from the backend pauses while the client reads slower than the backend writes.
+        """
+        while self._chunks:
+            sink.write(self._chunks.popleft())
+        if self._head:
+            return
+        transport = self._connection.transport
+        self._sink = sink
+        try:
+            while True:
+                if self.error is not None:
+                    raise self.error
+                if self.complete:
+                    return
+                if self._paused or sink.paused:
+                    await sink.drain()
+                    self._paused = False
+                    if transport is not None:
+                        transport.resume_reading()
+                    continue
+                self._waiter = asyncio.get_running_loop().create_future()
+                await self._waiter
+                self._waiter = None
+        finally:
+            self._sink = None
 
     async def read(self) -> bytes:
         """The whole body."""
