@@ -1,0 +1,164 @@
+"""`python -m benchmarks.run`: every benchmark, one after another, then the report.
+
+Sections: proxy overhead (+ uvloop experiment, hey cross-check), py-spy profile at c=64, streaming,
+cold start while holding 10,000 requests, and batch when `benchmarks/batch.py` exists. Each section
+is bounded in time; one that fails is reported as failed and the others still run.
+
+Raw results go to `benchmarks/results/<UTC stamp>/` (git-ignored): results.json, report.md, wrk
+output, py-spy samples and flame graph, server logs. The report also replaces the generated part of
+docs/benchmarks.md (between the bench:begin/end markers), leaving the analysis around it alone.
+
+Batch hook: `benchmarks.batch.main()` runs in a child process (on the load core, like the harness;
+`benchmarks.targets` pins the servers it starts), bounded in time, its output in batch.log; it may
+return a dict of figures (name → value) or a markdown string, which the report includes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import coldstart, overhead, report, streaming, targets
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS = ("wrk", "hey", "nginx", "haproxy", "taskset")
+BATCH_TIMEOUT = 900
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return f"{argv[0]} (unknown version)"
+    return (done.stdout or done.stderr).strip().splitlines()[0]
+
+
+def machine_info() -> dict:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    commit = _first_line(["git", "-C", str(ROOT), "describe", "--always", "--dirty"])
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": importlib.metadata.version("aiohttp"),
+        "uvloop": importlib.metadata.version("uvloop"),
+        "wrk": _first_line(["wrk", "-v"]).split(" [")[0],
+        "nginx": _first_line(["nginx", "-v"]).replace("nginx version: ", ""),
+        "haproxy": "haproxy " + _first_line(["haproxy", "-v"]).split()[2],
+        "commit": commit,
+        "pinning": targets.PINNING,
+    }
+
+
+def run_batch(results: Path) -> object:
+    """`benchmarks.batch.main()` in a child process; its return value, or None without the module."""
+    if importlib.util.find_spec("benchmarks.batch") is None:
+        return None
+    out = results / "batch.json"
+    code = (
+        "import json, os; from benchmarks import batch; "
+        "open(os.environ['LINGO_BENCH_OUT'], 'w').write(json.dumps(batch.main(), default=str))"
+    )
+    with open(results / "batch.log", "wb") as log:
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env={**os.environ, "LINGO_BENCH_OUT": str(out)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=BATCH_TIMEOUT,
+            check=True,
+        )
+    return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=("overhead", "streaming", "coldstart", "batch"),
+        help="run only these sections (repeatable; overhead includes the profile)",
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per run (default 5)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs per figure; the median is kept (default 3)"
+    )
+    parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--render", metavar="RESULTS_JSON", help="only redo the report from a results.json")
+    args = parser.parse_args(argv)
+    if args.render:
+        return publish(json.loads(Path(args.render).read_text()), Path(args.render).parent, not args.no_docs)
+
+    missing = [tool for tool in TOOLS if not any(Path(d, tool).exists() for d in os.get_exec_path())]
+    if missing:
+        print(f"missing tools: {', '.join(missing)} (run scripts/bench-tools.sh)", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop servers
+    targets.pin(targets.LOAD_CORES)  # the harness is light; keep it off the proxy's core
+    targets.raise_nofile()
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    results = ROOT / "benchmarks" / "results" / stamp
+    results.mkdir(parents=True)
+    workdir = Path(tempfile.mkdtemp(prefix="work-", dir=results))
+    figures: dict = {"machine": machine_info()}
+    print(f"lingo benchmarks → {results}\n{targets.PINNING}", flush=True)
+
+    sections = {
+        "overhead": lambda: overhead.run(workdir, results, args.seconds, args.rounds),
+        "streaming": lambda: streaming.run(workdir, args.rounds),
+        "coldstart": lambda: coldstart.run(workdir, results, args.rounds),
+        "batch": lambda: run_batch(results),
+    }
+    for name, section in sections.items():
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name}", flush=True)
+        try:
+            value = section()
+        except Exception as exc:  # one broken section must not hide the others' figures
+            print(f"   {name} failed: {exc!r}", flush=True)
+            value = {"failed": repr(exc)}
+        if value is not None:
+            figures[name] = value
+        if name == "overhead" and "profile" in value:
+            figures["profile"] = value.pop("profile")
+
+    figures["machine"]["elapsed_s"] = time.monotonic() - started
+    (results / "results.json").write_text(json.dumps(figures, indent=2, default=str))
+    return publish(figures, results, not args.no_docs)
+
+
+def publish(figures: dict, results: Path, docs: bool) -> int:
+    """Write report.md (and the docs' generated part), print it; 1 if a section failed."""
+    markdown = report.render(figures)
+    (results / "report.md").write_text(markdown)
+    if docs:
+        report.update_docs(ROOT / "docs" / "benchmarks.md", markdown)
+    print("\n" + markdown)
+    return 1 if any(isinstance(v, dict) and "failed" in v for v in figures.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
