@@ -10,13 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +20,26 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import free_port
+from tests.batch.support import (
+    EMULATOR_PACKAGE,
+    NatsServer,
+    PubSubEmulator,
+    emulator_launcher,
+    reachable,
+    running_nats,
+)
+
+__all__ = [
+    "EMULATOR_PACKAGE",
+    "NatsServer",
+    "PubSubEmulator",
+    "emulator_launcher",
+    "reachable",
+    "running_nats",
+]
 
 NATS_URL = os.environ.get("NATS_SERVER_URL") or "nats://127.0.0.1:4222"
 RABBIT_URL = os.environ.get("RABBIT_SERVER_URL") or "amqp://guest:guest@127.0.0.1:5672/"
-EMULATOR_PACKAGE = "google-cloud-cli-pubsub-emulator"
 BROKERS = ("mem", "nats", "rabbit", "gcppubsub")
 
 FAKE_MODEL = f"[{sys.executable}, -m, lingo, fake-model, --port, '{{port}}'"
@@ -39,16 +50,6 @@ def fake_model_entry(name: str = "fake", *flags: str, **keys: object) -> str:
     command = FAKE_MODEL + "".join(f", '{flag}'" for flag in flags) + "]"
     extra = "".join(f"\n    {key}: {value}" for key, value in keys.items())
     return f"  - name: {name}\n    command: {command}{extra}\n"
-
-
-def reachable(url: str, default_port: int) -> bool:
-    host_port = url.rpartition("@")[2].split("://")[-1].split("/")[0]
-    host, _, port = host_port.partition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port or default_port)), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -101,7 +102,8 @@ class BrokerKit:
     async def setup(self) -> None:
         """Create what the test's responses are collected from."""
 
-    async def publish(self, data: bytes) -> None:
+    async def publish(self, data: bytes, attributes: Mapping[str, str] | None = None) -> str:
+        """Publish a request; returns the id lingo answers with (`request_message_id`)."""
         raise NotImplementedError
 
     async def receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
@@ -117,6 +119,13 @@ class BrokerKit:
 
     async def vanish_requests(self) -> None:
         """Delete lingo's consumer of the requests out of band (NATS consumer, RabbitMQ queue)."""
+        raise NotImplementedError
+
+    async def requests_left(self) -> int:
+        """Requests on the broker not acked yet (waiting, or handed out and unsettled).
+
+        Call it once lingo stopped: brokers count a message handed to a live consumer differently.
+        """
         raise NotImplementedError
 
     async def cleanup(self) -> None:
@@ -147,17 +156,39 @@ class BrokerKit:
         return self.collected
 
 
+async def collect_ids(kit: BrokerKit, wanted: set[str], timeout: float) -> set[str]:
+    """Receive until every id in `wanted` was answered 200 at least once (duplicates allowed)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    seen: set[str] = set()
+    while not wanted <= seen:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            missing = sorted(wanted - seen)
+            raise AssertionError(f"{len(missing)} custom_id(s) never answered: {missing[:10]}")
+        await kit.collect(len(kit.collected) + 1, timeout=remaining)
+        seen = {r.custom_id for r in kit.collected if r.status_code == 200 and r.custom_id}
+    return seen
+
+
 class MemKit(BrokerKit):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        #: Every request published, to check how often each was delivered and whether it was acked.
+        self.published: list[Any] = []
+
     def requests_url(self, query: str = "") -> str:
         return f"mem://req-{self.unique}" + (f"?{query}" if query else "")
 
     def responses_url(self) -> str:
         return f"mem://resp-{self.unique}"
 
-    async def publish(self, data: bytes) -> None:
+    async def publish(self, data: bytes, attributes: Mapping[str, str] | None = None) -> str:
         from lingo.batch.brokers import mem
 
-        mem.topic(f"req-{self.unique}").publish(data)
+        message = mem.topic(f"req-{self.unique}").publish(data, attributes)
+        self.published.append(message)
+        return message.id
 
     async def receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
         from lingo.batch.brokers import mem
@@ -171,6 +202,12 @@ class MemKit(BrokerKit):
         from lingo.batch.brokers import mem
 
         mem.topic(f"resp-{self.unique}").fail_publishes = 2
+
+    async def requests_left(self) -> int:
+        from lingo.batch.brokers import mem
+
+        topic = mem.topic(f"req-{self.unique}")
+        return topic.queue.qsize() + len(topic.unacked)
 
     async def cleanup(self) -> None:
         from lingo.batch.brokers import mem
@@ -219,9 +256,10 @@ class NatsKit(BrokerKit):
         )
         self.pull = await js.pull_subscribe(self.resp_subject, durable="test", stream=self.resp_stream)
 
-    async def publish(self, data: bytes) -> None:
+    async def publish(self, data: bytes, attributes: Mapping[str, str] | None = None) -> str:
         js = await self._js()
-        await js.publish(self.req_subject, data, timeout=10)
+        ack = await js.publish(self.req_subject, data, timeout=10, headers=dict(attributes or {}) or None)
+        return f"{ack.stream}:{ack.seq}"
 
     async def receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
         import nats.errors
@@ -241,6 +279,11 @@ class NatsKit(BrokerKit):
         js = await self._js()
         await js.delete_consumer(self.req_stream, "lingo")
 
+    async def requests_left(self) -> int:
+        js = await self._js()
+        info = await js.consumer_info(self.req_stream, "lingo")
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
     async def break_responses(self) -> None:
         # A full work-queue stream that refuses new messages: JetStream answers the publish with an error.
         js = await self._js()
@@ -259,8 +302,9 @@ class NatsKit(BrokerKit):
 class RabbitKit(BrokerKit):
     """Requests queue declared by lingo; responses queue declared here (or by lingo)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, server: str = RABBIT_URL) -> None:
         super().__init__(name)
+        self.server = server
         self.req_queue = f"lbt-req-{self.unique}"
         self.resp_queue = f"lbt-resp-{self.unique}"
         self.connection: Any = None
@@ -276,7 +320,7 @@ class RabbitKit(BrokerKit):
         import aio_pika
 
         if self.connection is None:
-            self.connection = await aio_pika.connect_robust(RABBIT_URL)
+            self.connection = await aio_pika.connect_robust(self.server)
             self.channel = await self.connection.channel()
         return self.channel
 
@@ -284,13 +328,32 @@ class RabbitKit(BrokerKit):
         channel = await self._channel()
         await channel.declare_queue(self.resp_queue, durable=True, arguments=arguments or None)
 
-    async def publish(self, data: bytes) -> None:
+    async def publish(self, data: bytes, attributes: Mapping[str, str] | None = None) -> str:
         import aio_pika
 
         channel = await self._channel()
-        await channel.default_exchange.publish(aio_pika.Message(data), routing_key=self.req_queue)
+        message_id = uuid.uuid4().hex
+        message = aio_pika.Message(
+            data,
+            headers=dict(attributes or {}),
+            message_id=message_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,  # survives a broker restart
+        )
+        await channel.default_exchange.publish(message, routing_key=self.req_queue)
+        return message_id
 
     async def receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
+        import aio_pika.exceptions
+
+        try:
+            return await self._receive(timeout)
+        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError):
+            # The broker is restarting: the robust connection comes back by itself; unacked
+            # responses are redelivered.
+            await asyncio.sleep(0.2)
+            return []
+
+    async def _receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
         channel = await self._channel()
         queue = await channel.get_queue(self.resp_queue)
         loop = asyncio.get_running_loop()
@@ -309,6 +372,13 @@ class RabbitKit(BrokerKit):
     async def vanish_requests(self) -> None:
         channel = await self._channel()
         await channel.queue_delete(self.req_queue)
+
+    async def requests_left(self) -> int:
+        # Unacked messages of a consumer that went away are back among the ready ones.
+        channel = await self._channel()
+        queue = await channel.declare_queue(self.req_queue, passive=True)
+        result = queue.declaration_result
+        return int(result.message_count or 0) if result is not None else 0
 
     async def break_responses(self) -> None:
         # A queue that holds one message and refuses more: the broker nacks the publish.
@@ -360,9 +430,9 @@ class PubSubKit(BrokerKit):
         await asyncio.to_thread(self._create, self.req_topic, self.req_sub)
         await asyncio.to_thread(self._create, self.resp_topic, self.resp_sub)
 
-    async def publish(self, data: bytes) -> None:
+    async def publish(self, data: bytes, attributes: Mapping[str, str] | None = None) -> str:
         publisher, _ = self._clients()
-        await asyncio.wrap_future(publisher.publish(self.req_topic, data))
+        return str(await asyncio.wrap_future(publisher.publish(self.req_topic, data, **(attributes or {}))))
 
     def _pull(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
         _, subscriber = self._clients()
@@ -399,6 +469,24 @@ class PubSubKit(BrokerKit):
     async def heal_responses(self) -> None:
         await asyncio.to_thread(self._create, self.resp_topic, self.resp_sub)
 
+    async def requests_left(self) -> int:
+        # Pub/Sub cannot count: pull what is deliverable now and hand it straight back.
+        def pull() -> int:
+            _, subscriber = self._clients()
+            try:
+                request = {"subscription": self.req_sub, "max_messages": 100}
+                response = subscriber.pull(request=request, timeout=3)
+            except Exception:  # DeadlineExceeded: nothing deliverable
+                return 0
+            ack_ids = [m.ack_id for m in response.received_messages]
+            if ack_ids:
+                subscriber.modify_ack_deadline(
+                    request={"subscription": self.req_sub, "ack_ids": ack_ids, "ack_deadline_seconds": 0}
+                )
+            return len(ack_ids)
+
+        return await asyncio.to_thread(pull)
+
     async def cleanup(self) -> None:
         if self._publisher is None:
             return
@@ -417,51 +505,34 @@ class PubSubKit(BrokerKit):
         await asyncio.to_thread(delete)
 
 
-def emulator_launcher() -> str | None:
-    """Path of the Pub/Sub emulator launcher from its Debian package, if installed."""
-    try:
-        listing = subprocess.run(["dpkg", "-L", EMULATOR_PACKAGE], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    for line in listing.stdout.splitlines():
-        if line.endswith("bin/cloud-pubsub-emulator") and os.access(line, os.X_OK):
-            return line
-    return None
-
-
 @pytest.fixture(scope="session")
 def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`host:port` of a Pub/Sub emulator started for this session; PUBSUB_EMULATOR_HOST is set."""
-    launcher = emulator_launcher()
-    if launcher is None or shutil.which("java") is None:
-        pytest.skip(f"Pub/Sub emulator not installed (Debian package {EMULATOR_PACKAGE} and java needed)")
-    port = free_port()
-    log = tmp_path_factory.mktemp("pubsub") / "emulator.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [launcher, "--host=127.0.0.1", f"--port={port}"], stdout=out, stderr=out, start_new_session=True
-        )
+    reason = PubSubEmulator.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    emulator = PubSubEmulator(str(emulator_launcher()), tmp_path_factory.mktemp("pubsub"))
     try:
-        deadline = time.monotonic() + 30
-        while b"Server started" not in log.read_bytes():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Pub/Sub emulator did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
-        address = f"127.0.0.1:{port}"
+        try:
+            emulator.start()
+        except AssertionError as error:
+            pytest.fail(str(error))
         previous = os.environ.get("PUBSUB_EMULATOR_HOST")
-        os.environ["PUBSUB_EMULATOR_HOST"] = address
-        yield address
+        os.environ["PUBSUB_EMULATOR_HOST"] = emulator.address
+        yield emulator.address
         if previous is None:
             os.environ.pop("PUBSUB_EMULATOR_HOST", None)
         else:
             os.environ["PUBSUB_EMULATOR_HOST"] = previous
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 15)
-        process.wait(10)
+        emulator.stop()
 
 
-def make_kit(name: str, request: pytest.FixtureRequest) -> BrokerKit:
+def make_kit(
+    name: str, request: pytest.FixtureRequest, emulator_fixture: str = "pubsub_emulator"
+) -> BrokerKit:
+    """A kit for broker `name`; skips when its server is missing. Pub/Sub needs `emulator_fixture`
+    (a fixture that sets PUBSUB_EMULATOR_HOST) to be visible from the requesting test."""
     if name == "mem":
         return MemKit(name)
     if name == "nats":
@@ -472,7 +543,7 @@ def make_kit(name: str, request: pytest.FixtureRequest) -> BrokerKit:
         if not reachable(RABBIT_URL, 5672):
             pytest.skip("no RabbitMQ server at 127.0.0.1:5672 (make services starts one)")
         return RabbitKit(name)
-    request.getfixturevalue("pubsub_emulator")
+    request.getfixturevalue(emulator_fixture)
     return PubSubKit(name)
 
 
@@ -486,41 +557,9 @@ async def kit(request: pytest.FixtureRequest) -> AsyncIterator[BrokerKit]:
         await broker.cleanup()
 
 
-class NatsServer:
-    """A private nats-server with JetStream on a free port, restartable with the same store."""
-
-    binary = "/usr/sbin/nats-server"
-
-    def __init__(self, store: Path) -> None:
-        self.port = free_port()
-        self.store = store
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 10
-        while not reachable(self.url, self.port):
-            assert self.process.poll() is None, "nats-server exited"
-            assert time.monotonic() < deadline, "nats-server did not open its port"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
 @pytest.fixture
 def private_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    if not os.access(NatsServer.binary, os.X_OK):
+    if not NatsServer.available():
         pytest.skip("nats-server is not installed")
-    server = NatsServer(tmp_path / "jetstream")
-    server.start()
-    yield server
-    server.stop()
+    with running_nats(tmp_path / "jetstream") as server:
+        yield server

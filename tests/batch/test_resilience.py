@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,27 +14,17 @@ import pytest
 from lingo.batch import streams
 from lingo.batch.brokers import nats as nats_broker
 from lingo.queue import Priority
-from tests.batch.conftest import BrokerKit, NatsKit, NatsServer, envelope, fake_model_entry, make_kit
-from tests.conftest import StartLingo, free_port, wait_for
-
-
-def models(*entries: str) -> str:
-    return "models:\n" + "".join(entries)
-
-
-async def collect_ids(kit: BrokerKit, wanted: set[str], timeout: float) -> set[str]:
-    """Receive until every id in `wanted` was answered at least once (duplicates allowed)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    seen: set[str] = set()
-    while not wanted <= seen:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            missing = sorted(wanted - seen)
-            raise AssertionError(f"{len(missing)} custom_id(s) never answered: {missing[:10]}")
-        await kit.collect(len(kit.collected) + 1, timeout=remaining)
-        seen = {r.custom_id for r in kit.collected if r.status_code == 200 and r.custom_id}
-    return seen
+from tests.batch.conftest import (
+    BrokerKit,
+    NatsKit,
+    NatsServer,
+    collect_ids,
+    envelope,
+    fake_model_entry,
+    make_kit,
+)
+from tests.batch.support import ServeProcess, models
+from tests.conftest import StartLingo, wait_for
 
 
 async def test_http_requests_wait_less_than_batch_messages_of_the_same_model(start_lingo: StartLingo) -> None:
@@ -76,61 +62,6 @@ async def test_http_requests_wait_less_than_batch_messages_of_the_same_model(sta
 
 
 # -- lingo killed mid-run ---------------------------------------------------------------------------
-
-
-class ServeProcess:
-    """`lingo serve` as a subprocess on free ports."""
-
-    def __init__(self, tmp: Path, models_yaml: str, messenger: str, env: dict[str, str]) -> None:
-        models_file = tmp / "models.yaml"
-        models_file.write_text(models_yaml)
-        self.health = free_port()
-        self.log = tmp / f"serve-{time.monotonic_ns()}.log"
-        environment = {
-            **os.environ,
-            **env,
-            "LINGO_PLATFORM": "local",
-            "LINGO_MODELS_FILE": str(models_file),
-            "LINGO_LOG_DIR": str(tmp / "replicas"),
-            "LINGO_PROXY_ADDRESS": f"127.0.0.1:{free_port()}",
-            "HEALTH_PROBE_BIND_ADDRESS": f"127.0.0.1:{self.health}",
-            "METRICS_BIND_ADDRESS": f"127.0.0.1:{free_port()}",
-            "LINGO_STATS_ADDRESS": f"127.0.0.1:{free_port()}",
-            "MESSENGER_URLS": messenger,
-            "AUTOSCALING_INTERVAL": "0.2s",
-            "AUTOSCALING_TIME_WINDOW": "1s",
-        }
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "lingo", "serve"],
-                env=environment,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-            )
-
-    async def ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                assert self.process.poll() is None, self.log.read_text()[-3000:]
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"http://127.0.0.1:{self.health}/readyz") as response:
-                        if response.status == 200:
-                            return
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"lingo serve not ready in {timeout}s: {self.log.read_text()[-3000:]}")
-
-    def kill(self, signum: int = signal.SIGKILL) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signum)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(15)
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
 
 
 @pytest.fixture(params=["nats", "rabbit"])

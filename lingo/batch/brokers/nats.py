@@ -238,12 +238,15 @@ class NatsSubscription:
         await client.subscribe(self._inbox, cb=self._on_message)
 
     async def _on_message(self, msg: Msg) -> None:
-        status = msg.headers.get("Status") if msg.headers else None
-        if status is None:
+        # A stored message carries its ack subject as reply; the server's status messages do not.
+        # Its own headers may include one called Status: they do not make it a status message.
+        if msg.reply.startswith("$JS.ACK."):
             self._requested = max(0, self._requested - 1)
             self._buffer.append(msg)
             self._arrived.set()
-        elif status != "100":  # 404/408/409: the pull request ended (100 is a heartbeat)
+            return
+        status = msg.headers.get("Status") if msg.headers else None
+        if status != "100":  # 404/408/409: the pull request ended (100 is a heartbeat)
             self._requested = 0
 
     async def receive(self, limit: int, timeout: float) -> list[NatsMessage]:
