@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from lingo.batch.backoff import backoff_delay
+from lingo.backoff import backoff_delay
 from lingo.batch.brokers.base import REQUEST_MESSAGE_ID
 from lingo.batch.delivery import Delivery
 from lingo.batch.envelope import (

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 
-from lingo.batch.backoff import ErrorStreak
+from lingo.backoff import Backoff
 from lingo.batch.brokers import (
     Publisher,
     ReceiveOptions,
@@ -82,9 +82,9 @@ class BatchStream:
             nack_delay=self._nack_delay,
         )
         #: Consecutive receive failures.
-        self.receive_errors = ErrorStreak(ERROR_BACKOFF_BASE, max_error_backoff)
+        self.receive_errors = Backoff(ERROR_BACKOFF_BASE, max_error_backoff)
         #: Consecutive publish failures.
-        self.publish_errors = ErrorStreak(ERROR_BACKOFF_BASE, max_error_backoff)
+        self.publish_errors = Backoff(ERROR_BACKOFF_BASE, max_error_backoff)
         #: Messages waiting on the broker, as last reported (0 where the broker cannot tell).
         self.backlog = 0
         #: Set while the subscription is open.
@@ -155,7 +155,7 @@ class BatchStream:
 
     async def _receive_loop(self) -> None:
         while not self._stopping:
-            delay = max(self.receive_errors.delay(), self.publish_errors.delay())
+            delay = max(self.receive_errors.current(), self.publish_errors.current())
             if delay:
                 await asyncio.sleep(delay)
             try:
@@ -167,19 +167,19 @@ class BatchStream:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.receive_errors.failed()
+                self.receive_errors.next()
                 log.warning(
                     "batch stream failed; reopening",
                     extra={
                         "stream": self.label,
-                        "errors": self.receive_errors.count,
-                        "retry_in": round(self.receive_errors.delay(), 2),
+                        "errors": self.receive_errors.failures,
+                        "retry_in": round(self.receive_errors.current(), 2),
                         "error": repr(exc),
                     },
                 )
                 await self._close_subscription()
                 continue
-            self.receive_errors.succeeded()
+            self.receive_errors.reset()
             now = asyncio.get_running_loop().time()
             for message in messages:
                 self._spawn(Delivery(message, self.label, now))
@@ -270,12 +270,12 @@ class BatchStream:
             publisher = await self._get_publisher()
             await publisher.publish(data, attributes)
         except Exception:
-            self.publish_errors.failed()
-            if self.publish_errors.count % PUBLISHER_REOPEN_AFTER == 0:
+            self.publish_errors.next()
+            if self.publish_errors.failures % PUBLISHER_REOPEN_AFTER == 0:
                 async with self._publisher_lock:
                     await self._close_publisher()
             raise
-        self.publish_errors.succeeded()
+        self.publish_errors.reset()
 
     async def _get_publisher(self) -> Publisher:
         publisher = self._publisher
@@ -303,7 +303,7 @@ class BatchStream:
                 log.debug("closing publisher failed", extra={"stream": self.label, "error": repr(exc)})
 
     def _nack_delay(self) -> float:
-        return max(self.publish_errors.delay(), ERROR_BACKOFF_BASE)
+        return max(self.publish_errors.current(), ERROR_BACKOFF_BASE)
 
 
 class BatchStreams:

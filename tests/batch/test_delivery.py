@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from lingo.batch.backoff import ErrorStreak, backoff_delay
 from lingo.batch.delivery import Delivery
 
 
@@ -58,20 +57,3 @@ async def test_broker_errors_on_ack_nack_and_in_progress_are_swallowed() -> None
     assert await delivery.ack() is False
     assert await delivery.nack() is False
     assert message.calls == [("in_progress", None), ("ack", None)]
-
-
-def test_backoff_doubles_up_to_the_cap() -> None:
-    delays = [backoff_delay(n, 1.0, 10.0, jitter=0) for n in range(1, 7)]
-    assert delays == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
-    assert backoff_delay(10_000, 1.0, 10.0, jitter=0) == 10.0
-    assert 0.8 <= backoff_delay(1, 1.0, 10.0) <= 1.2
-
-
-def test_an_error_streak_resets_on_success() -> None:
-    streak = ErrorStreak(0.5, 60.0)
-    assert streak.delay() == 0.0
-    streak.failed()
-    streak.failed()
-    assert 0.8 <= streak.delay() <= 1.2
-    streak.succeeded()
-    assert streak.delay() == 0.0

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from kubernetes_asyncio.client import AppsV1Api
 
-from lingo.platforms.kubernetes.backoff import Backoff
+from lingo.backoff import Backoff
 from lingo.platforms.kubernetes.watch import ResourceWatch
 from tests.conftest import wait_for
 from tests.fakekube import FakeKube, deployment

@@ -26,8 +26,8 @@ from kubernetes_asyncio.client import (
 )
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from lingo.backoff import Backoff
 from lingo.config import Settings
-from lingo.platforms.kubernetes.backoff import Backoff
 from lingo.platforms.kubernetes.client import connect
 from lingo.platforms.kubernetes.discovery import (
     SERVICE_NAME_LABEL,

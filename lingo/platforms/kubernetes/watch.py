@@ -19,7 +19,7 @@ import aiohttp
 from kubernetes_asyncio import watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from lingo.platforms.kubernetes.backoff import Backoff
+from lingo.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
