@@ -418,9 +418,7 @@ class ProxyServer:
         self.stop_accepting()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (
-            any(c.busy for c in self.connections) and loop.time() < deadline
-        ):
+        while any(c.busy for c in self.connections) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for connection in list(self.connections):
             connection.close()
