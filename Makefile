@@ -30,6 +30,7 @@ lint: $(STAMP)
 
 test: $(STAMP) services helm
 	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
