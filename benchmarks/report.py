@@ -252,6 +252,116 @@ def render(figures: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SOAK_BEGIN, SOAK_END = "<!-- soak:begin (written by `make bench` / `--only soak`) -->", "<!-- soak:end -->"
+
+
+def soak(s: dict) -> list[str]:
+    rows = [
+        [
+            i + 1,
+            f"{r['t_s']:.0f}",
+            f"{r['http_rps']:,.0f}",
+            f"{r['p50_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            r["http_errors"],
+            f"{r['batch_sent']:,} / {r['batch_answered']:,}",
+            f"{r['rss_mb']:.1f}",
+            f"{r['lingo_cpu']:.0%}",
+        ]
+        for i, r in enumerate(s["slices"])
+    ]
+    statuses = ", ".join(f"{k}: {v:,}" for k, v in s["batch_statuses"].items()) or "none"
+    figures = [
+        ["capacity (`hey -c 64`, 5 s)", f"{s['capacity_rps']:,.0f} req/s"],
+        [
+            "load offered: HTTP / batch",
+            f"{s['http_target_rps']:,.0f} req/s / {s['batch_target_msgs_per_s']:,.0f} msg/s",
+        ],
+        [
+            "load achieved (mean): HTTP / batch",
+            f"{s['http_rps_mean']:,.0f} req/s / {s['batch_msgs_per_s']:,.0f} msg/s",
+        ],
+        [
+            "lingo RSS idle / start / end / max",
+            f"{s['rss_idle_mb']:.1f} / {s['rss_start_mb']:.1f} / {s['rss_end_mb']:.1f} / "
+            f"{s['rss_max_mb']:.1f} MB (VmHWM {s['rss_peak_hwm_mb']:.1f} MB)",
+        ],
+        ["RSS growth start → end", f"{s['rss_growth_mb']:+.1f} MB"],
+        ["HTTP requests / errors (non-2xx + socket)", f"{s['http_requests']:,} / {s['http_errors']}"],
+        [
+            "batch sent / answered / missing",
+            f"{s['batch_sent']:,} / {s['batch_answered']:,} / {s['batch_missing']:,}",
+        ],
+        ["batch answers by status (non-200)", f"{statuses} ({s['batch_non_200']})"],
+        [
+            "batch publish errors / duplicate answers",
+            f"{s['batch_publish_errors']} / {s['batch_duplicates']}",
+        ],
+        [
+            "p99 first → last slice",
+            f"{s['p99_first_ms']:.2f} → {s['p99_last_ms']:.2f} ms ({s['p99_last_vs_first']}{TIMES})",
+        ],
+    ]
+    lines = [
+        f"{s['elapsed_s'] / 60:.1f} minutes against one lingo (nginx backend, NATS JetStream messenger, "
+        f"{s['handlers']} handlers) at ~70 % of its measured capacity: HTTP ~60 % with "
+        f"`hey -q -c 32` in {s['slice_s']:g} s slices, batch ~10 % as NATS messages at a steady rate; "
+        "batch answers still outstanding at the end are waited for (60 s at most).",
+        "",
+        *_table(["figure", "value"], figures),
+        "",
+        f"Verdict: {s['verdict']}.",
+        "",
+        *_table(
+            [
+                "slice",
+                "t s",
+                "HTTP req/s",
+                "p50 ms",
+                "p99 ms",
+                "HTTP errors",
+                "batch sent / answered (so far)",
+                "RSS MB",
+                "lingo CPU",
+            ],
+            rows,
+        ),
+    ]
+    if s.get("batch_error"):
+        lines += ["", f"Batch publisher failed: `{s['batch_error']}`"]
+    return lines
+
+
+def render_soak(figures: dict) -> str:
+    """The soak section (its own part of docs/benchmarks.md); "" when the soak did not run."""
+    if "soak" not in figures:
+        return ""
+    value, info = figures["soak"], figures["machine"]
+    lines = [
+        "## Soak (5 minutes)",
+        "",
+        f"Run {info['date']} on {info['nproc']} CPUs ({info['cpu']}), lingo at `{info['commit']}`; "
+        f"pinning: {info['pinning']}.",
+        "",
+    ]
+    if isinstance(value, dict) and "failed" in value:
+        lines.append(f"Failed: `{value['failed']}`")
+    else:
+        lines += soak(value)
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def update_soak_docs(path: Path, markdown: str) -> None:
+    """Replace (or add, below the generated part) the soak section of docs/benchmarks.md."""
+    block = f"{SOAK_BEGIN}{markdown}{SOAK_END}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if SOAK_BEGIN in text and SOAK_END in text:
+        text = re.sub(re.escape(SOAK_BEGIN) + r".*?" + re.escape(SOAK_END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
 def update_docs(path: Path, markdown: str) -> None:
     """Replace the generated part of docs/benchmarks.md, keeping the hand-written analysis."""
     block = f"{BEGIN}\n{markdown}{END}"
