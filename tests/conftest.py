@@ -19,6 +19,7 @@ import pytest
 
 from lingo.app import Lingo
 from lingo.config import Settings
+from lingo.platforms.local import die_with_parent
 
 LOCAL = ("127.0.0.1", 0)
 
@@ -79,6 +80,7 @@ class FakeModelProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent,  # never outlives the test run, even if pytest is killed
         )
 
     def wait_ready(self, timeout: float = 15.0) -> FakeModelProcess:

@@ -39,7 +39,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Runs in the child before exec: the kernel sends SIGTERM if lingo dies, even by SIGKILL,
     # so no replica outlives the process that started it.
     if sys.platform.startswith("linux"):
@@ -214,7 +214,7 @@ class LocalPlatform:
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         log.info(
             "replica starting",

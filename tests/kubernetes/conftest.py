@@ -135,8 +135,8 @@ class Kubelet:
             running = self.replicas.setdefault(name, [])
             while len(running) < wanted:
                 process = FakeModelProcess(*self.model_args)
+                running.append(process)  # before waiting: close() kills it even if cancelled meanwhile
                 await asyncio.to_thread(process.wait_ready)
-                running.append(process)
                 self.fake.put(
                     endpoint_slice(f"{service}-{process.port}", service, [("127.0.0.1", True)], process.port)
                 )
