@@ -351,23 +351,22 @@ def render_soak(figures: dict) -> str:
     return "\n" + "\n".join(lines) + "\n"
 
 
-def update_soak_docs(path: Path, markdown: str) -> None:
-    """Replace (or add, below the generated part) the soak section of docs/benchmarks.md."""
-    block = f"{SOAK_BEGIN}{markdown}{SOAK_END}"
+def replace_block(path: Path, begin: str, end: str, block: str) -> None:
+    """Put `block` (which starts with `begin` and ends with `end`) in place of the old one in `path`,
+    or below the rest when there is none; the hand-written parts stay as they are."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SOAK_BEGIN in text and SOAK_END in text:
-        text = re.sub(re.escape(SOAK_BEGIN) + r".*?" + re.escape(SOAK_END), lambda _: block, text, flags=re.S)
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def update_soak_docs(path: Path, markdown: str) -> None:
+    """Replace (or add, below the generated part) the soak section of docs/benchmarks.md."""
+    replace_block(path, SOAK_BEGIN, SOAK_END, f"{SOAK_BEGIN}{markdown}{SOAK_END}")
 
 
 def update_docs(path: Path, markdown: str) -> None:
     """Replace the generated part of docs/benchmarks.md, keeping the hand-written analysis."""
-    block = f"{BEGIN}\n{markdown}{END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    replace_block(path, BEGIN, END, f"{BEGIN}\n{markdown}{END}")

@@ -557,6 +557,16 @@ async def kit(request: pytest.FixtureRequest) -> AsyncIterator[BrokerKit]:
         await broker.cleanup()
 
 
+@pytest.fixture(params=["nats", "rabbit"])
+async def durable_kit(request: pytest.FixtureRequest) -> AsyncIterator[BrokerKit]:
+    """A fresh kit for each broker that keeps messages across a lingo restart."""
+    broker = make_kit(request.param, request)
+    try:
+        yield broker
+    finally:
+        await broker.cleanup()
+
+
 @pytest.fixture
 def private_nats(tmp_path: Path) -> Iterator[NatsServer]:
     if not NatsServer.available():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -62,15 +61,6 @@ async def test_http_requests_wait_less_than_batch_messages_of_the_same_model(sta
 
 
 # -- lingo killed mid-run ---------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["nats", "rabbit"])
-async def durable_kit(request: pytest.FixtureRequest) -> Iterator[BrokerKit]:
-    broker = make_kit(request.param, request)
-    try:
-        yield broker
-    finally:
-        await broker.cleanup()
 
 
 async def test_every_message_is_answered_after_lingo_is_killed_mid_run_and_restarted(

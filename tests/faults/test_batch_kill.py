@@ -6,11 +6,9 @@ from __future__ import annotations
 import collections
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from tests.batch.conftest import (
     BrokerKit,
@@ -19,7 +17,6 @@ from tests.batch.conftest import (
     collect_ids,
     envelope,
     fake_model_entry,
-    make_kit,
 )
 from tests.batch.support import ServeProcess, models
 from tests.faults.support import scrape
@@ -29,15 +26,6 @@ MAX_HANDLERS = 200
 #: Longer than the NATS kit's `ack_wait=3s`: a message answered but not acked before the kill comes
 #: back within it, and its second answer is counted.
 QUIET = 4.0
-
-
-@pytest.fixture(params=["nats", "rabbit"])
-async def durable_kit(request: pytest.FixtureRequest) -> AsyncIterator[BrokerKit]:
-    kit = make_kit(request.param, request)
-    try:
-        yield kit
-    finally:
-        await kit.cleanup()
 
 
 def broker_env(kit: BrokerKit) -> dict[str, str]:
