@@ -20,6 +20,7 @@ from lingo.platforms.base import Platform
 from lingo.proxy import Forwarder, ProxyHandler
 from lingo.proxy.server import ProxyServer
 from lingo.proxy.upstream import UpstreamPool
+from lingo.queue import ClassPolicy
 from lingo.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,11 @@ class Lingo:
         #: Where models run.
         self.platform = platform or build_platform(settings)
         #: Known models and their queues: the single source of truth for demand.
-        self.registry = Registry(settings.max_queue, on_demand=self._on_demand)
+        self.registry = Registry(
+            settings.max_queue,
+            on_demand=self._on_demand,
+            policy=ClassPolicy(settings.flex_max_wait, settings.batch_max_share, settings.priority_aging),
+        )
         hooks: Any = getattr(self.platform, "scaling_hooks", None)
         #: Sets replica counts from demand.
         self.autoscaler = Autoscaler(

@@ -69,6 +69,20 @@ def parse_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def parse_share(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError(f"must be more than 0 and at most 1, got {text!r}")
+    return value
+
+
+def parse_positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError(f"must be more than 0, got {text!r}")
+    return value
+
+
 def parse_platform(text: str) -> str:
     value = text.strip().lower()
     if value not in ("local", "kubernetes", ""):
@@ -242,6 +256,30 @@ SETTINGS: tuple[Setting, ...] = (
         "Longest a request waits for a ready endpoint before 503.",
     ),
     Setting(
+        "flex_max_wait",
+        "--flex-max-wait",
+        "LINGO_FLEX_MAX_WAIT",
+        "10s",
+        parse_duration,
+        "Longest a flex request (service_tier flex) waits for a slot before 429 with Retry-After.",
+    ),
+    Setting(
+        "batch_max_share",
+        "--batch-max-share",
+        "LINGO_BATCH_MAX_SHARE",
+        "0.75",
+        parse_share,
+        "Fraction of each endpoint's slots batch work may fill (at least one slot); 1 disables.",
+    ),
+    Setting(
+        "priority_aging",
+        "--priority-aging",
+        "LINGO_PRIORITY_AGING",
+        "15s",
+        parse_positive_duration,
+        "Waiting this long moves a request up one class, so lower classes never starve.",
+    ),
+    Setting(
         "max_body",
         "--max-body",
         "LINGO_MAX_BODY",
@@ -329,6 +367,9 @@ class Settings:
     autoscaling_time_window: float = 30.0
     max_queue: int = 10000
     max_wait: float = 600.0
+    flex_max_wait: float = 10.0
+    batch_max_share: float = 0.75
+    priority_aging: float = 15.0
     max_body: int = 64 * 1024 * 1024
     api_keys: list[str] = field(default_factory=list)
     shutdown_grace: float = 30.0

@@ -52,6 +52,12 @@ class QueueFull(LingoError):
     status, error_type, code = 429, "rate_limit_error", "queue_full"
 
 
+class FlexUnavailable(LingoError):
+    """A flex request found no free slot in time: capacity is short, come back later."""
+
+    status, error_type, code = 429, "rate_limit_error", "resource_unavailable"
+
+
 class BackendUnreachable(LingoError):
     status, error_type, code = 502, "server_error", "backend_unreachable"
 

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from lingo.queue import Priority
 from lingo.registry import Registry
 
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -44,8 +45,8 @@ class RequestCollector(Collector):
     """`lingo_requests_total`, `lingo_request_duration_seconds`, `lingo_queue_wait_seconds`."""
 
     def __init__(self) -> None:
-        #: Answered requests by (model, source, code).
-        self.requests: dict[tuple[str, str, str], int] = {}
+        #: Answered requests by (model, source, class, code).
+        self.requests: dict[tuple[str, str, str, str], int] = {}
         #: Durations by (model, source).
         self.durations: dict[tuple[str, str], _Histogram] = {}
         #: Queue waits by model.
@@ -54,8 +55,8 @@ class RequestCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         requests = CounterMetricFamily(
             "lingo_requests",
-            "Requests answered, by source (http|batch) and status code.",
-            labels=["model", "source", "code"],
+            "Requests answered, by source (http|batch), class (priority|default|flex|batch) and status code.",
+            labels=["model", "source", "class", "code"],
         )
         for labels, count in sorted(self.requests.items()):
             requests.add_metric(list(labels), count)
@@ -85,7 +86,9 @@ class QueueCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         queued = GaugeMetricFamily(
-            "lingo_requests_queued", "Requests waiting for an endpoint.", labels=["model"]
+            "lingo_requests_queued",
+            "Requests waiting for an endpoint, by class (priority|default|flex|batch).",
+            labels=["model", "class"],
         )
         in_flight = GaugeMetricFamily(
             "lingo_requests_in_flight", "Requests sent to a backend and not finished.", labels=["model"]
@@ -95,7 +98,8 @@ class QueueCollector(Collector):
         )
         desired = self.desired()
         for name, queue in sorted(self.registry.queues.items()):
-            queued.add_metric([name], queue.queued)
+            for priority in Priority:
+                queued.add_metric([name, priority.label], queue.queued_by(priority))
             in_flight.add_metric([name], queue.in_flight)
             group = queue.group
             replicas.add_metric([name, "ready"], len(queue.endpoints))
@@ -137,10 +141,10 @@ class Metrics:
         )
         self.prometheus.register(QueueCollector(registry, desired))
 
-    def observe_request(self, model: str, source: str, code: int, duration: float) -> None:
-        """Count one answered request and its duration."""
+    def observe_request(self, model: str, source: str, code: int, duration: float, klass: str) -> None:
+        """Count one answered request of class `klass` (priority|default|flex|batch) and its duration."""
         requests = self.requests
-        key = (model, source, str(code))
+        key = (model, source, klass, str(code))
         requests.requests[key] = requests.requests.get(key, 0) + 1
         histogram = requests.durations.get((model, source))
         if histogram is None:

@@ -1,12 +1,16 @@
 """The shared per-model queue: every request, HTTP or batch, waits here for a free endpoint slot.
 
 A `ModelQueue` owns all counts of waiting and running work for one model group; the autoscaler,
-the metrics and `/stats` read them from here and nowhere else. Waiting is FIFO within two priority
-classes (HTTP before batch). A request is handed the ready endpoint with the fewest requests in
-flight that still has a free slot (`concurrency` per endpoint).
+the metrics and `/stats` read them from here and nowhere else. Waiting is FIFO within four classes
+(`priority` > `default` > `flex` > batch); a waiter moves up one class for every `aging` seconds it
+has waited, so no class starves. A request is handed the ready endpoint with the fewest requests in
+flight that still has a free slot for its class: this lingo replica's share of the endpoint's
+`concurrency` (see `lingo.shares`), and for batch work only while the endpoint is below the batch
+share, so interactive arrivals find a free slot while a big batch runs.
 
 Costs stay flat with many waiters: enqueue, hand-off and cancellation are O(1) (cancelled waiters
-are skipped lazily and compacted in bulk); only the endpoint pick scans, and endpoints are few.
+are skipped lazily and compacted in bulk; a hand-off looks at the head of each of the four lines);
+only the endpoint pick scans, and endpoints are few.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from enum import IntEnum
 
-from lingo.errors import LingoError, ModelNotFound, NoEndpoint, QueueFull
+from lingo.errors import FlexUnavailable, LingoError, ModelNotFound, NoEndpoint, QueueFull
 from lingo.models import ModelGroup
+from lingo.shares import batch_limit, replica_share
 
 #: Seconds suggested to clients in `Retry-After` when the queue is full.
 QUEUE_FULL_RETRY_AFTER = 1.0
@@ -25,11 +31,34 @@ QUEUE_FULL_RETRY_AFTER = 1.0
 NO_ENDPOINT_RETRY_AFTER = 10.0
 
 
+#: Seconds suggested to flex clients in `Retry-After` when no slot was free in time.
+FLEX_RETRY_AFTER = 10.0
+
+
 class Priority(IntEnum):
     """Waiting class; lower values are served first."""
 
-    HTTP = 0
-    BATCH = 1
+    PRIORITY = 0
+    DEFAULT = 1
+    FLEX = 2
+    BATCH = 3
+
+    @property
+    def label(self) -> str:
+        """The class as metrics and docs name it: priority, default, flex or batch."""
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class ClassPolicy:
+    """How the classes share a model's slots (the same for every model of one lingo process)."""
+
+    #: Seconds a flex request may wait for a slot before it is refused with 429.
+    flex_max_wait: float = 10.0
+    #: Fraction of an endpoint's slots batch work may fill (it always gets at least one).
+    batch_max_share: float = 0.75
+    #: Seconds of waiting that move a waiter up one class, so lower classes never starve.
+    aging: float = 15.0
 
 
 class Endpoint:
@@ -67,11 +96,13 @@ class Lease:
 
 
 class _Waiter:
-    __slots__ = ("avoid", "future")
+    __slots__ = ("avoid", "future", "since")
 
-    def __init__(self, future: asyncio.Future[Lease], avoid: str | None) -> None:
+    def __init__(self, future: asyncio.Future[Lease], avoid: str | None, since: float) -> None:
         self.future = future
         self.avoid = avoid
+        #: Loop time the waiter started waiting (for aging).
+        self.since = since
 
 
 class ModelQueue:
@@ -82,6 +113,7 @@ class ModelQueue:
         group: ModelGroup,
         max_queue: int,
         on_demand: Callable[[str], None] | None = None,
+        policy: ClassPolicy | None = None,
     ) -> None:
         #: The group's spec; replaced when the platform reports a change.
         self.group = group
@@ -89,12 +121,16 @@ class ModelQueue:
         self.max_queue = max_queue
         #: Called with the group name when a request waits while no endpoint is ready.
         self.on_demand = on_demand
+        #: Flex wait, batch share and aging.
+        self.policy = policy or ClassPolicy()
+        #: (rank, count) of this process among the lingo replicas sharing the endpoints' slots.
+        self.lingo_replicas = (0, 1)
         #: Ready endpoints by URL.
         self.endpoints: dict[str, Endpoint] = {}
         #: Endpoints taken out of rotation while requests were still running on them.
         self.retired: dict[str, Endpoint] = {}
-        self._waiting: tuple[deque[_Waiter], deque[_Waiter]] = (deque(), deque())
-        self._queued = [0, 0]
+        self._waiting: tuple[deque[_Waiter], ...] = tuple(deque() for _ in Priority)
+        self._queued = [0] * len(Priority)
         self._in_flight = 0
         self._rotation = 0
         self._closed: LingoError | None = None
@@ -104,7 +140,7 @@ class ModelQueue:
     @property
     def queued(self) -> int:
         """Requests waiting for an endpoint slot, all classes."""
-        return self._queued[0] + self._queued[1]
+        return sum(self._queued)
 
     def queued_by(self, priority: Priority) -> int:
         return self._queued[priority]
@@ -117,7 +153,7 @@ class ModelQueue:
     @property
     def active(self) -> int:
         """Queued plus in flight: the demand this process sees for the group."""
-        return self._queued[0] + self._queued[1] + self._in_flight
+        return sum(self._queued) + self._in_flight
 
     # -- platform events ----------------------------------------------------------------------------
 
@@ -134,6 +170,11 @@ class ModelQueue:
                 self.endpoints[url] = self.retired.pop(url, None) or Endpoint(url)
         self._dispatch()
 
+    def set_lingo_replicas(self, rank: int, count: int) -> None:
+        """This process is replica `rank` (0-based) of `count` lingo replicas sharing each endpoint."""
+        self.lingo_replicas = (rank, count)
+        self._dispatch()
+
     def in_flight_on(self, url: str) -> int:
         """Requests running on the endpoint at `url`, in rotation or retired."""
         endpoint = self.endpoints.get(url) or self.retired.get(url)
@@ -147,7 +188,7 @@ class ModelQueue:
                 waiter = waiters.popleft()
                 if not waiter.future.done():
                     waiter.future.set_exception(self._closed)
-        self._queued = [0, 0]
+        self._queued = [0] * len(Priority)
 
     @property
     def closed(self) -> bool:
@@ -159,8 +200,8 @@ class ModelQueue:
         """Wait (FIFO within `priority`) for an endpoint slot; raise 429, 503 or 404 errors."""
         if self._closed is not None:
             raise self._closed
-        if not self._waiting_ahead(priority):
-            endpoint = self._pick(avoid)
+        if not any(self._queued[: priority + 1]):
+            endpoint = self._pick(avoid, self._slot_limit(priority))
             if endpoint is not None:
                 return self._lease(endpoint)
         if self.queued >= self.max_queue:
@@ -168,14 +209,16 @@ class ModelQueue:
                 f"too many requests waiting for model group {self.group.name!r} ({self.max_queue})",
                 retry_after=QUEUE_FULL_RETRY_AFTER,
             )
-        future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Lease] = loop.create_future()
         waiters = self._waiting[priority]
-        waiters.append(_Waiter(future, avoid))
+        waiters.append(_Waiter(future, avoid, loop.time()))
         self._queued[priority] += 1
         if not self.endpoints and self.on_demand is not None:
             self.on_demand(self.group.name)
+        flex = priority is Priority.FLEX and self.policy.flex_max_wait < timeout
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self.policy.flex_max_wait if flex else timeout):
                 return await future
         except BaseException as exc:
             if future.done() and not future.cancelled() and future.exception() is None:
@@ -185,6 +228,12 @@ class ModelQueue:
                 future.cancel()
                 self._queued[priority] -= 1
                 self._compact(waiters, priority)
+            if isinstance(exc, TimeoutError) and flex:
+                raise FlexUnavailable(
+                    f"no capacity for flex requests to model group {self.group.name!r} within "
+                    f"{self.policy.flex_max_wait:g}s; retry later or use the default service tier",
+                    retry_after=FLEX_RETRY_AFTER,
+                ) from None
             if isinstance(exc, TimeoutError):
                 raise NoEndpoint(
                     f"no ready endpoint for model group {self.group.name!r} within {timeout:g}s",
@@ -192,19 +241,24 @@ class ModelQueue:
                 ) from None
             raise
 
-    def _waiting_ahead(self, priority: Priority) -> bool:
-        if priority == Priority.HTTP:
-            return self._queued[0] > 0
-        return self._queued[0] + self._queued[1] > 0
-
     def _lease(self, endpoint: Endpoint) -> Lease:
         endpoint.in_flight += 1
         self._in_flight += 1
         return Lease(self, endpoint)
 
-    def _pick(self, avoid: str | None) -> Endpoint | None:
-        """The endpoint with the fewest in flight and a free slot, preferring one other than `avoid`."""
-        limit = self.group.concurrency
+    def _slot_limit(self, priority: Priority) -> int:
+        """Requests this process may run on one endpoint when handing it a request of `priority`.
+
+        Interactive classes may fill this replica's share of `concurrency`; batch only its share of
+        that, so the rest stays free for interactive arrivals.
+        """
+        share = replica_share(self.group.concurrency, *self.lingo_replicas)
+        if priority is Priority.BATCH:
+            return batch_limit(share, self.policy.batch_max_share)
+        return share
+
+    def _pick(self, avoid: str | None, limit: int) -> Endpoint | None:
+        """The endpoint with the fewest in flight below `limit`, preferring one other than `avoid`."""
         best: Endpoint | None = None
         fallback: Endpoint | None = None
         endpoints = list(self.endpoints.values())
@@ -229,23 +283,52 @@ class ModelQueue:
         self._in_flight -= 1
         if not endpoint.in_flight and self.retired.get(endpoint.url) is endpoint:
             del self.retired[endpoint.url]
-        if self._queued[0] or self._queued[1]:
+        if any(self._queued):
             self._dispatch()
 
     def _dispatch(self) -> None:
-        """Hand free slots to waiters in order: all HTTP waiters before any batch waiter."""
-        for priority, waiters in enumerate(self._waiting):
-            while waiters and self._queued[priority]:
-                waiter = waiters[0]
-                if waiter.future.done():
-                    waiters.popleft()
+        """Hand free slots to waiters, the head of the best class first (see `_next_class`)."""
+        skip_batch = False
+        while True:
+            priority = self._next_class(skip_batch)
+            if priority is None:
+                return
+            waiters = self._waiting[priority]
+            waiter = waiters[0]
+            endpoint = self._pick(waiter.avoid, self._slot_limit(priority))
+            if endpoint is None:
+                if priority is Priority.BATCH:
+                    # Batch is held back by its share; interactive waiters may still fit.
+                    skip_batch = True
                     continue
-                endpoint = self._pick(waiter.avoid)
-                if endpoint is None:
-                    return
+                return  # no slot for interactive work means none for batch either
+            waiters.popleft()
+            self._queued[priority] -= 1
+            waiter.future.set_result(self._lease(endpoint))
+
+    def _next_class(self, skip_batch: bool) -> Priority | None:
+        """The class whose head waiter goes next: the best class after aging, older first on a tie.
+
+        A waiter counts one class better for every `policy.aging` seconds it has waited, so a
+        steady stream of a higher class delays a lower one by a bounded time, never forever.
+        Cancelled heads are dropped on the way.
+        """
+        now: float | None = None
+        best: Priority | None = None
+        best_key = (0.0, 0.0)
+        for priority in Priority:
+            if not self._queued[priority] or (skip_batch and priority is Priority.BATCH):
+                continue
+            waiters = self._waiting[priority]
+            while waiters[0].future.done():
                 waiters.popleft()
-                self._queued[priority] -= 1
-                waiter.future.set_result(self._lease(endpoint))
+            head = waiters[0]
+            if now is None:
+                now = asyncio.get_running_loop().time()
+            key = (priority - (now - head.since) // self.policy.aging, head.since)
+            if best is None or key < best_key:
+                best, best_key = priority, key
+        return best
 
     def _compact(self, waiters: deque[_Waiter], priority: int) -> None:
         # Cancelled waiters are skipped lazily; rebuild once they outnumber the live ones, so a

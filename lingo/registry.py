@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 from lingo.errors import LingoError
 from lingo.models import ModelGroup
-from lingo.queue import ModelQueue
+from lingo.queue import ClassPolicy, ModelQueue
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +22,18 @@ BacklogSource = Callable[[], int]
 class Registry:
     """Model groups by name, the names clients may send, and one `ModelQueue` per group."""
 
-    def __init__(self, max_queue: int, on_demand: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        max_queue: int,
+        on_demand: Callable[[str], None] | None = None,
+        policy: ClassPolicy | None = None,
+    ) -> None:
         #: Waiting requests per group before 429.
         self.max_queue = max_queue
+        #: How the priority classes share each group's slots.
+        self.policy = policy or ClassPolicy()
+        #: (rank, count) of this process among the lingo replicas (each enforces its share of a cap).
+        self.lingo_replicas = (0, 1)
         #: Called with a group name when a request waits while the group has no ready endpoint.
         self.on_demand = on_demand
         #: Called with the URL of every endpoint that leaves the rotation (to drop pooled connections).
@@ -52,7 +61,8 @@ class Registry:
         for name, group in wanted.items():
             queue = self.queues.get(name)
             if queue is None:
-                queue = ModelQueue(group, self.max_queue, self.on_demand)
+                queue = ModelQueue(group, self.max_queue, self.on_demand, self.policy)
+                queue.lingo_replicas = self.lingo_replicas
                 self.queues[name] = queue
                 log.info("model group added", extra={"model": name, "names": ",".join(group.models)})
                 if name in self._pending_endpoints:
@@ -86,6 +96,15 @@ class Registry:
         if self.on_endpoint_removed is not None:
             for url in gone:
                 self.on_endpoint_removed(url)
+
+    def set_lingo_replicas(self, rank: int, count: int) -> None:
+        """This process is lingo replica `rank` of `count`: each queue keeps to its share of every cap."""
+        if (rank, count) == self.lingo_replicas:
+            return
+        self.lingo_replicas = (rank, count)
+        log.info("lingo replicas changed", extra={"rank": rank, "replicas": count})
+        for queue in self.queues.values():
+            queue.set_lingo_replicas(rank, count)
 
     def add_backlog_source(self, model: str, source: BacklogSource) -> None:
         """Count messages waiting outside lingo (a broker backlog) as demand for `model`."""

@@ -104,7 +104,7 @@ async def test_first_request_at_zero_asks_for_a_replica_without_waiting_for_a_ti
     registry, platform, _, scaler = setup()
     registry.on_demand = scaler.wake
     registry.queues["m"].on_demand = scaler.wake
-    waiter = asyncio.create_task(registry.queues["m"].acquire(Priority.HTTP, 5))
+    waiter = asyncio.create_task(registry.queues["m"].acquire(Priority.DEFAULT, 5))
     for _ in range(10):
         await asyncio.sleep(0)
     assert platform.calls == [("m", 1)]
@@ -114,7 +114,7 @@ async def test_first_request_at_zero_asks_for_a_replica_without_waiting_for_a_ti
 async def test_loop_scales_with_queue_depth_and_back_down_after_delay() -> None:
     registry, platform, clock, scaler = setup()
     queue = registry.queues["m"]
-    waiters = [asyncio.create_task(queue.acquire(Priority.HTTP, 60)) for _ in range(5)]
+    waiters = [asyncio.create_task(queue.acquire(Priority.DEFAULT, 60)) for _ in range(5)]
     await asyncio.sleep(0)
     await scaler.tick()
     assert platform.replicas["m"] == 3  # ceil(5 / 2) = 3, the max

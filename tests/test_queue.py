@@ -19,11 +19,11 @@ def make_queue(concurrency: int = 1, max_queue: int = 100, endpoints: int = 0) -
 
 async def test_requests_are_served_in_arrival_order_when_a_slot_frees() -> None:
     queue = make_queue(concurrency=1, endpoints=1)
-    first = await queue.acquire(Priority.HTTP, 5)
+    first = await queue.acquire(Priority.DEFAULT, 5)
     order: list[int] = []
 
     async def wait(i: int) -> None:
-        lease = await queue.acquire(Priority.HTTP, 5)
+        lease = await queue.acquire(Priority.DEFAULT, 5)
         order.append(i)
         lease.release()
 
@@ -38,7 +38,7 @@ async def test_requests_are_served_in_arrival_order_when_a_slot_frees() -> None:
 
 async def test_http_waiters_are_served_before_batch_waiters() -> None:
     queue = make_queue(concurrency=1, endpoints=1)
-    first = await queue.acquire(Priority.HTTP, 5)
+    first = await queue.acquire(Priority.DEFAULT, 5)
     order: list[str] = []
 
     async def wait(name: str, priority: Priority) -> None:
@@ -49,11 +49,11 @@ async def test_http_waiters_are_served_before_batch_waiters() -> None:
 
     tasks = [asyncio.create_task(wait("batch-1", Priority.BATCH))]
     await asyncio.sleep(0)
-    tasks.append(asyncio.create_task(wait("http-1", Priority.HTTP)))
+    tasks.append(asyncio.create_task(wait("http-1", Priority.DEFAULT)))
     tasks.append(asyncio.create_task(wait("batch-2", Priority.BATCH)))
-    tasks.append(asyncio.create_task(wait("http-2", Priority.HTTP)))
+    tasks.append(asyncio.create_task(wait("http-2", Priority.DEFAULT)))
     await asyncio.sleep(0)
-    assert (queue.queued_by(Priority.HTTP), queue.queued_by(Priority.BATCH)) == (2, 2)
+    assert (queue.queued_by(Priority.DEFAULT), queue.queued_by(Priority.BATCH)) == (2, 2)
     first.release()
     await asyncio.gather(*tasks)
     assert order == ["http-1", "http-2", "batch-1", "batch-2"]
@@ -61,8 +61,8 @@ async def test_http_waiters_are_served_before_batch_waiters() -> None:
 
 async def test_a_new_batch_request_does_not_jump_ahead_of_waiting_http() -> None:
     queue = make_queue(concurrency=1, endpoints=1)
-    first = await queue.acquire(Priority.HTTP, 5)
-    http = asyncio.create_task(queue.acquire(Priority.HTTP, 5))
+    first = await queue.acquire(Priority.DEFAULT, 5)
+    http = asyncio.create_task(queue.acquire(Priority.DEFAULT, 5))
     await asyncio.sleep(0)
     first.release()
     batch = asyncio.create_task(queue.acquire(Priority.BATCH, 0.05))
@@ -74,20 +74,20 @@ async def test_a_new_batch_request_does_not_jump_ahead_of_waiting_http() -> None
 
 async def test_endpoint_with_fewest_in_flight_is_picked() -> None:
     queue = make_queue(concurrency=10, endpoints=3)
-    leases = [await queue.acquire(Priority.HTTP, 1) for _ in range(9)]
+    leases = [await queue.acquire(Priority.DEFAULT, 1) for _ in range(9)]
     spread = sorted(e.in_flight for e in queue.endpoints.values())
     assert spread == [3, 3, 3]
     for lease in [lease for lease in leases if lease.url == "http://e0"]:
         lease.release()
-    nxt = await queue.acquire(Priority.HTTP, 1)
+    nxt = await queue.acquire(Priority.DEFAULT, 1)
     assert nxt.url == "http://e0"
 
 
 async def test_concurrency_caps_requests_per_endpoint() -> None:
     queue = make_queue(concurrency=2, endpoints=2)
-    leases = [await queue.acquire(Priority.HTTP, 1) for _ in range(4)]
+    leases = [await queue.acquire(Priority.DEFAULT, 1) for _ in range(4)]
     assert all(e.in_flight == 2 for e in queue.endpoints.values())
-    waiting = asyncio.create_task(queue.acquire(Priority.HTTP, 5))
+    waiting = asyncio.create_task(queue.acquire(Priority.DEFAULT, 5))
     await asyncio.sleep(0)
     assert queue.queued == 1 and not waiting.done()
     leases[0].release()
@@ -97,10 +97,10 @@ async def test_concurrency_caps_requests_per_endpoint() -> None:
 
 async def test_full_queue_refuses_with_429_and_retry_after() -> None:
     queue = make_queue(max_queue=3)
-    tasks = [asyncio.create_task(queue.acquire(Priority.HTTP, 5)) for _ in range(3)]
+    tasks = [asyncio.create_task(queue.acquire(Priority.DEFAULT, 5)) for _ in range(3)]
     await asyncio.sleep(0)
     with pytest.raises(QueueFull) as refused:
-        await queue.acquire(Priority.HTTP, 5)
+        await queue.acquire(Priority.DEFAULT, 5)
     assert refused.value.status == 429 and refused.value.retry_after
     for task in tasks:
         task.cancel()
@@ -109,7 +109,7 @@ async def test_full_queue_refuses_with_429_and_retry_after() -> None:
 async def test_no_endpoint_within_wait_limit_gives_503_and_frees_place() -> None:
     queue = make_queue()
     with pytest.raises(NoEndpoint) as refused:
-        await queue.acquire(Priority.HTTP, 0.05)
+        await queue.acquire(Priority.DEFAULT, 0.05)
     assert refused.value.status == 503 and refused.value.retry_after
     assert queue.queued == 0
 
@@ -130,7 +130,7 @@ async def test_cancelled_waiter_leaves_queue_at_once() -> None:
 async def test_waiters_get_endpoints_when_they_appear_and_demand_is_signalled() -> None:
     woken: list[str] = []
     queue = ModelQueue(ModelGroup("m", ("m",), concurrency=1), 10, on_demand=woken.append)
-    task = asyncio.create_task(queue.acquire(Priority.HTTP, 5))
+    task = asyncio.create_task(queue.acquire(Priority.DEFAULT, 5))
     await asyncio.sleep(0)
     assert woken == ["m"]
     queue.set_endpoints(["http://new"])
@@ -140,19 +140,19 @@ async def test_waiters_get_endpoints_when_they_appear_and_demand_is_signalled() 
 
 async def test_removed_model_fails_waiters_with_404() -> None:
     queue = make_queue()
-    task = asyncio.create_task(queue.acquire(Priority.HTTP, 5))
+    task = asyncio.create_task(queue.acquire(Priority.DEFAULT, 5))
     await asyncio.sleep(0)
     queue.close()
     with pytest.raises(ModelNotFound):
         await task
     assert queue.queued == 0
     with pytest.raises(ModelNotFound):
-        await queue.acquire(Priority.HTTP, 5)
+        await queue.acquire(Priority.DEFAULT, 5)
 
 
 async def test_release_is_idempotent_and_counts_survive_endpoint_removal() -> None:
     queue = make_queue(concurrency=5, endpoints=1)
-    lease: Lease = await queue.acquire(Priority.HTTP, 1)
+    lease: Lease = await queue.acquire(Priority.DEFAULT, 1)
     queue.set_endpoints([])
     assert queue.in_flight_on("http://e0") == 1
     lease.release()
@@ -163,11 +163,11 @@ async def test_release_is_idempotent_and_counts_survive_endpoint_removal() -> No
 async def test_retry_prefers_another_endpoint() -> None:
     queue = make_queue(concurrency=5, endpoints=2)
     for _ in range(10):
-        lease = await queue.acquire(Priority.HTTP, 1, avoid="http://e0")
+        lease = await queue.acquire(Priority.DEFAULT, 1, avoid="http://e0")
         assert lease.url == "http://e1"
         lease.release()
     queue.set_endpoints(["http://e0"])
-    lease = await queue.acquire(Priority.HTTP, 1, avoid="http://e0")
+    lease = await queue.acquire(Priority.DEFAULT, 1, avoid="http://e0")
     assert lease.url == "http://e0"  # the only one left is still used
 
 
@@ -176,7 +176,7 @@ async def test_ten_thousand_waiters_are_served_in_order() -> None:
     served: list[int] = []
 
     async def wait(i: int) -> None:
-        lease = await queue.acquire(Priority.HTTP, 60)
+        lease = await queue.acquire(Priority.DEFAULT, 60)
         served.append(i)
         lease.release()
 

@@ -1,7 +1,8 @@
 """One request message in, one response message out.
 
 The request enters the shared per-model queue through `Forwarder.exchange` — the very path HTTP
-requests take — as a batch request (served after waiting HTTP requests of the same model).
+requests take — in the batch class (served after waiting HTTP requests of the same model, and
+only within the batch share of each endpoint's slots).
 Transient failures are retried here with exponential backoff; permanent ones are answered at once.
 The message is acked only after its response was published, and nacked when publishing failed.
 """
@@ -196,7 +197,7 @@ class MessageHandler:
         self._count(answer.outcome)
         if answer.group is not None:
             elapsed = asyncio.get_running_loop().time() - started
-            self.metrics.observe_request(answer.group, "batch", answer.status, elapsed)
+            self.metrics.observe_request(answer.group, "batch", answer.status, elapsed, Priority.BATCH.label)
 
     def _count(self, outcome: str) -> None:
         counter = self._outcomes.get(outcome)

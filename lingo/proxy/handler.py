@@ -6,8 +6,11 @@ import asyncio
 import hmac
 import logging
 
+import orjson
+
 from lingo.errors import BodyTooLarge, LingoError, ModelNotFound, Unauthorized
 from lingo.metrics import Metrics
+from lingo.priority import PRIORITY_HEADER, request_class
 from lingo.proxy.forwarder import Forwarder
 from lingo.proxy.headers import request_headers, response_headers
 from lingo.proxy.model_name import model_from_request
@@ -58,6 +61,7 @@ class ProxyHandler:
             model = model_from_request(
                 request.header("X-Model"), request.header("Content-Type") or "", request.body
             )
+            priority = request_class(request.header(PRIORITY_HEADER), _tier_document(request))
         except LingoError as error:
             out.send(*error_parts(error))
             return
@@ -66,7 +70,7 @@ class ProxyHandler:
             error = ModelNotFound(f"The model `{model}` does not exist or is not served by this lingo.")
             out.send(*error_parts(error))
             return
-        await self._forward(request, out, queue)
+        await self._forward(request, out, queue, priority)
 
     def _authorize(self, request: IncomingRequest) -> None:
         if not self.api_keys:
@@ -85,7 +89,9 @@ class ProxyHandler:
             return error_parts(ModelNotFound(f"The model `{name}` does not exist."))
         return json_parts(_model_object(name))
 
-    async def _forward(self, request: IncomingRequest, out: ResponseWriter, queue: ModelQueue) -> None:
+    async def _forward(
+        self, request: IncomingRequest, out: ResponseWriter, queue: ModelQueue, priority: Priority
+    ) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         group = queue.group.name
@@ -97,7 +103,7 @@ class ProxyHandler:
                 request.target,
                 request_headers(request.headers),
                 request.body,
-                Priority.HTTP,
+                priority,
             ) as exchange:
                 self.metrics.observe_wait(group, exchange.waited)
                 upstream = exchange.response
@@ -122,7 +128,17 @@ class ProxyHandler:
             code = error.status
             out.send(*error_parts(error))
         finally:
-            self.metrics.observe_request(group, "http", code, loop.time() - started)
+            self.metrics.observe_request(group, "http", code, loop.time() - started, priority.label)
+
+
+def _tier_document(request: IncomingRequest) -> object:
+    """The JSON body when it may name a `service_tier`, else None (skips a second parse of most bodies)."""
+    if request.header(PRIORITY_HEADER) or b'"service_tier"' not in request.body:
+        return None
+    try:
+        return orjson.loads(request.body)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _model_object(name: str) -> dict[str, object]:

@@ -232,6 +232,28 @@ def endpoint_urls(slices: Iterable[Obj], rule: PortRule) -> tuple[list[str], lis
     return sorted(urls), problems
 
 
+def replica_rank(slices: Iterable[Obj], identity: str) -> tuple[int, int]:
+    """(rank, count) of this replica among the lingo replicas in the peer Service's EndpointSlices.
+
+    Replicas are ordered by pod name, so every replica computes the same order. This replica counts
+    even before its own endpoint is listed (it is already sending requests), as do peers still
+    serving while they terminate, so the shares add up to at most the cap whenever every replica
+    sees the same slices.
+    """
+    names = {identity}
+    for slice_ in slices:
+        for endpoint in slice_.get("endpoints") or []:
+            name = (endpoint.get("targetRef") or {}).get("name")
+            if (
+                name
+                and (endpoint.get("addresses") or [])
+                and (_condition(endpoint, "ready") or _condition(endpoint, "serving"))
+            ):
+                names.add(str(name))
+    ordered = sorted(names)
+    return ordered.index(identity), len(ordered)
+
+
 def peer_addresses(slices: Iterable[Obj], identity: str, default_port: int) -> list[str]:
     """`host:port` of every other lingo replica's `/stats`, from the peer Service's EndpointSlices.
 

@@ -37,6 +37,7 @@ from lingo.platforms.kubernetes.discovery import (
     object_name,
     peer_addresses,
     read_deployment,
+    replica_rank,
     slices_by_service,
     spec_replicas,
 )
@@ -301,9 +302,9 @@ class KubernetesPlatform:
         for name in set(self._published) - set(models):
             del self._published[name]
             self._problems.pop(f"endpoints/{name}", None)
-        self.peers = peer_addresses(
-            by_service.get(self.settings.peer_service, ()), self.identity, self.settings.stats_address[1]
-        )
+        peer_slices = by_service.get(self.settings.peer_service, ())
+        self.peers = peer_addresses(peer_slices, self.identity, self.settings.stats_address[1])
+        self._registry.set_lingo_replicas(*replica_rank(peer_slices, self.identity))
 
     def _report(self, key: str, problems: list[str]) -> None:
         """Log a warning for each problem once, not again on every watch event."""
