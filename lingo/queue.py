@@ -4,9 +4,9 @@ A `ModelQueue` owns all counts of waiting and running work for one model group; 
 the metrics and `/stats` read them from here and nowhere else. Waiting is FIFO within four classes
 (`priority` > `default` > `flex` > batch); a waiter moves up one class for every `aging` seconds it
 has waited, so no class starves. A request is handed the ready endpoint with the fewest requests in
-flight that still has a free slot for its class: this lingo replica's share of the endpoint's
-`concurrency` (see `lingo.shares`), and for batch work only while the endpoint is below the batch
-share, so interactive arrivals find a free slot while a big batch runs.
+flight that still has a free slot: this lingo replica's share of the endpoint's `concurrency`
+(see `lingo.shares`); batch work only goes to endpoints where it holds less than the batch share of
+those slots, so interactive arrivals find a free slot while a big batch runs.
 
 Costs stay flat with many waiters: enqueue, hand-off and cancellation are O(1) (cancelled waiters
 are skipped lazily and compacted in bulk; a hand-off looks at the head of each of the four lines);
@@ -64,24 +64,28 @@ class ClassPolicy:
 class Endpoint:
     """One ready server of a group and the requests it is serving now."""
 
-    __slots__ = ("in_flight", "url")
+    __slots__ = ("batch_in_flight", "in_flight", "url")
 
     def __init__(self, url: str) -> None:
         #: Base URL, e.g. `http://10.0.0.7:8000`.
         self.url = url
         #: Requests handed this endpoint and not yet released.
         self.in_flight = 0
+        #: The part of `in_flight` that is batch work (kept within the batch share).
+        self.batch_in_flight = 0
 
 
 class Lease:
     """A slot on one endpoint, held from hand-off until `release()`; releasing twice is harmless."""
 
-    __slots__ = ("_queue", "endpoint", "released")
+    __slots__ = ("_queue", "batch", "endpoint", "released")
 
-    def __init__(self, queue: ModelQueue, endpoint: Endpoint) -> None:
+    def __init__(self, queue: ModelQueue, endpoint: Endpoint, batch: bool) -> None:
         self._queue = queue
         #: The endpoint this request goes to.
         self.endpoint = endpoint
+        #: True when the slot counts against the batch share.
+        self.batch = batch
         #: True once the slot was given back.
         self.released = False
 
@@ -92,7 +96,7 @@ class Lease:
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self._queue._release(self.endpoint)
+            self._queue._release(self.endpoint, self.batch)
 
 
 class _Waiter:
@@ -201,9 +205,9 @@ class ModelQueue:
         if self._closed is not None:
             raise self._closed
         if not any(self._queued[: priority + 1]):
-            endpoint = self._pick(avoid, self._slot_limit(priority))
+            endpoint = self._pick(avoid, self._slot_limit(), self._candidates(priority))
             if endpoint is not None:
-                return self._lease(endpoint)
+                return self._lease(endpoint, priority)
         if self.queued >= self.max_queue:
             raise QueueFull(
                 f"too many requests waiting for model group {self.group.name!r} ({self.max_queue})",
@@ -241,27 +245,28 @@ class ModelQueue:
                 ) from None
             raise
 
-    def _lease(self, endpoint: Endpoint) -> Lease:
+    def _lease(self, endpoint: Endpoint, priority: Priority) -> Lease:
+        batch = priority is Priority.BATCH
         endpoint.in_flight += 1
+        endpoint.batch_in_flight += batch
         self._in_flight += 1
-        return Lease(self, endpoint)
+        return Lease(self, endpoint, batch)
 
-    def _slot_limit(self, priority: Priority) -> int:
-        """Requests this process may run on one endpoint when handing it a request of `priority`.
+    def _slot_limit(self) -> int:
+        """Requests this process may run on one endpoint: its share of the endpoint's `concurrency`."""
+        return replica_share(self.group.concurrency, *self.lingo_replicas)
 
-        Interactive classes may fill this replica's share of `concurrency`; batch only its share of
-        that, so the rest stays free for interactive arrivals.
-        """
-        share = replica_share(self.group.concurrency, *self.lingo_replicas)
-        if priority is Priority.BATCH:
-            return batch_limit(share, self.policy.batch_max_share)
-        return share
+    def _candidates(self, priority: Priority) -> list[Endpoint]:
+        """Endpoints a request of `priority` may go to: for batch, those below the batch share."""
+        if priority is not Priority.BATCH:
+            return list(self.endpoints.values())
+        limit = batch_limit(self._slot_limit(), self.policy.batch_max_share)
+        return [e for e in self.endpoints.values() if e.batch_in_flight < limit]
 
-    def _pick(self, avoid: str | None, limit: int) -> Endpoint | None:
+    def _pick(self, avoid: str | None, limit: int, endpoints: list[Endpoint]) -> Endpoint | None:
         """The endpoint with the fewest in flight below `limit`, preferring one other than `avoid`."""
         best: Endpoint | None = None
         fallback: Endpoint | None = None
-        endpoints = list(self.endpoints.values())
         count = len(endpoints)
         if count == 0:
             return None
@@ -278,8 +283,9 @@ class ModelQueue:
                 best = endpoint
         return best or fallback
 
-    def _release(self, endpoint: Endpoint) -> None:
+    def _release(self, endpoint: Endpoint, batch: bool) -> None:
         endpoint.in_flight -= 1
+        endpoint.batch_in_flight -= batch
         self._in_flight -= 1
         if not endpoint.in_flight and self.retired.get(endpoint.url) is endpoint:
             del self.retired[endpoint.url]
@@ -295,7 +301,7 @@ class ModelQueue:
                 return
             waiters = self._waiting[priority]
             waiter = waiters[0]
-            endpoint = self._pick(waiter.avoid, self._slot_limit(priority))
+            endpoint = self._pick(waiter.avoid, self._slot_limit(), self._candidates(priority))
             if endpoint is None:
                 if priority is Priority.BATCH:
                     # Batch is held back by its share; interactive waiters may still fit.
@@ -304,7 +310,7 @@ class ModelQueue:
                 return  # no slot for interactive work means none for batch either
             waiters.popleft()
             self._queued[priority] -= 1
-            waiter.future.set_result(self._lease(endpoint))
+            waiter.future.set_result(self._lease(endpoint, priority))
 
     def _next_class(self, skip_batch: bool) -> Priority | None:
         """The class whose head waiter goes next: the best class after aging, older first on a tie.

@@ -158,12 +158,11 @@ async def test_sigterm_finishes_in_flight_answers_queued_503_and_leaves_no_child
             async def gauges() -> tuple[float, float]:
                 async with session.get(metrics + "/metrics") as r:
                     text = await r.text()
-                found = {
-                    sample.name: sample.value
-                    for family in text_string_to_metric_families(text)
-                    for sample in family.samples
-                    if sample.labels.get("model") == "slow"
-                }
+                found: dict[str, float] = {}
+                for family in text_string_to_metric_families(text):
+                    for sample in family.samples:
+                        if sample.labels.get("model") == "slow":  # summed over the queued classes
+                            found[sample.name] = found.get(sample.name, 0.0) + sample.value
                 return found["lingo_requests_in_flight"], found["lingo_requests_queued"]
 
             async def until(in_flight: int, queued: int) -> None:

@@ -324,8 +324,13 @@ async def test_metrics_expose_contract_names_and_labels(start_lingo) -> None:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
-    assert samples[("lingo_requests_total", (("code", "200"), ("model", "chat"), ("source", "http")))] == 1
-    assert samples[("lingo_requests_queued", (("model", "chat"),))] == 0
+    total = (
+        "lingo_requests_total",
+        (("class", "default"), ("code", "200"), ("model", "chat"), ("source", "http")),
+    )
+    assert samples[total] == 1
+    for klass in ("priority", "default", "flex", "batch"):
+        assert samples[("lingo_requests_queued", (("class", klass), ("model", "chat")))] == 0
     assert samples[("lingo_requests_in_flight", (("model", "chat"),))] == 0
     assert samples[("lingo_replicas", (("model", "chat"), ("state", "desired")))] == 1
     assert samples[("lingo_replicas", (("model", "chat"), ("state", "ready")))] == 1

@@ -75,7 +75,7 @@ async def test_messages_scale_a_model_from_zero_and_each_answer_carries_its_meta
     assert lingo.registry.queues["fake"].endpoints, "the model was scaled up from zero"
     assert count(lingo, kit, "answered") == len(ids)
     batch_200 = lingo.metrics.prometheus.get_sample_value(
-        "lingo_requests_total", {"model": "fake", "source": "batch", "code": "200"}
+        "lingo_requests_total", {"model": "fake", "source": "batch", "class": "batch", "code": "200"}
     )
     assert batch_200 == len(ids)
 

@@ -111,7 +111,10 @@ async def scrape(session: aiohttp.ClientSession, metrics_url: str) -> dict[tuple
 
 
 def gauge(samples: dict[tuple[str, tuple], float], name: str, model: str) -> float:
-    return samples.get((name, (("model", model),)), 0.0)
+    """A gauge of `model`, summed over its other labels (e.g. the class of queued requests)."""
+    return sum(
+        value for (sample, labels), value in samples.items() if sample == name and ("model", model) in labels
+    )
 
 
 def requests_total(samples: dict[tuple[str, tuple], float], model: str) -> dict[str, float]:

@@ -288,13 +288,15 @@ async def post_completion(
 
 
 async def metric_value(lingo: Lingo, name: str, model: str) -> float:
-    """The value of a gauge for one model in lingo's /metrics (0 when the series is absent)."""
+    """A gauge for one model in lingo's /metrics, summed over its other labels (0 when absent)."""
     async with aiohttp.ClientSession() as session, session.get(lingo.url("metrics") + "/metrics") as response:
         text = await response.text()
-    for line in text.splitlines():
-        if line.startswith(f'{name}{{model="{model}"}}'):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    prefix = f'{name}{{model="{model}"'
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix) and line[len(prefix)] in ",}"
+    )
 
 
 @contextlib.asynccontextmanager
