@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from lingo.app import Lingo
 from lingo.platforms.kubernetes import KubernetesPlatform
@@ -291,11 +292,11 @@ async def metric_value(lingo: Lingo, name: str, model: str) -> float:
     """A gauge for one model in lingo's /metrics, summed over its other labels (0 when absent)."""
     async with aiohttp.ClientSession() as session, session.get(lingo.url("metrics") + "/metrics") as response:
         text = await response.text()
-    prefix = f'{name}{{model="{model}"'
     return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(prefix) and line[len(prefix)] in ",}"
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels.get("model") == model
     )
 
 
