@@ -1,10 +1,11 @@
 """`python -m benchmarks.run`: every benchmark, one after another, then the report.
 
 Sections: proxy overhead (+ uvloop experiment, hey cross-check), py-spy profile at c=64, streaming,
-cold start while holding 10,000 requests, batch when `benchmarks/batch.py` exists, and a soak (mixed
-HTTP + batch for minutes). Each section is bounded in time; one that fails is reported as failed and
-the others still run. The soak has its own section of docs/benchmarks.md, below the generated part,
-so `--only soak` leaves the other figures there alone.
+cold start while holding 10,000 requests, batch when `benchmarks/batch.py` exists, priority classes
+under a saturating batch and under overload, and a soak (mixed HTTP + batch for minutes). Each
+section is bounded in time; one that fails is reported as failed and the others still run. The soak
+and the priorities have their own blocks of docs/benchmarks.md, below the generated part, so
+`--only soak` or `--only priorities` leaves the other figures there alone.
 
 Raw results go to `benchmarks/results/<UTC stamp>/` (git-ignored): results.json, report.md, wrk
 output, py-spy samples and flame graph, server logs. The report also replaces the generated part of
@@ -31,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import coldstart, overhead, report, soak, streaming, targets
+from benchmarks import coldstart, overhead, priorities, report, soak, streaming, targets
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("wrk", "hey", "nginx", "haproxy", "taskset")
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=("overhead", "streaming", "coldstart", "batch", "soak"),
+        choices=("overhead", "streaming", "coldstart", "batch", "priorities", "soak"),
         help="run only these sections (repeatable; overhead includes the profile)",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per run (default 5)")
@@ -108,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--soak-seconds", type=float, default=300.0, help="soak duration in seconds (default 300)"
+    )
+    parser.add_argument(
+        "--priorities-seconds",
+        type=float,
+        default=20.0,
+        help="interactive / overload traffic per priorities run in seconds (default 20)",
     )
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--render", metavar="RESULTS_JSON", help="only redo the report from a results.json")
@@ -135,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "streaming": lambda: streaming.run(workdir, args.rounds),
         "coldstart": lambda: coldstart.run(workdir, results, args.rounds),
         "batch": lambda: run_batch(results),
+        "priorities": lambda: priorities.run(workdir, args.priorities_seconds),
         "soak": lambda: soak.run(workdir, args.soak_seconds),
     }
     for name, section in sections.items():
@@ -160,13 +168,18 @@ def publish(figures: dict, results: Path, docs: bool) -> int:
     """Write report.md (and the docs' generated part), print it; 1 if a section failed."""
     markdown = report.render(figures)
     soak_markdown = report.render_soak(figures)  # its own section of the docs, below the generated part
-    (results / "report.md").write_text(markdown + soak_markdown)
+    # The priorities figures have their own block of the docs too.
+    priorities_markdown = "\n" + priorities.render(figures["priorities"]) if "priorities" in figures else ""
+    (results / "report.md").write_text(markdown + soak_markdown + priorities_markdown)
     if docs:
-        if set(figures) - {"machine", "soak"}:  # `--only soak` keeps the other sections' figures
+        # `--only soak` / `--only priorities` keep the other sections' figures.
+        if set(figures) - {"machine", "soak", "priorities"}:
             report.update_docs(ROOT / "docs" / "benchmarks.md", markdown)
+        if "priorities" in figures:
+            priorities.update_docs(ROOT / "docs" / "benchmarks.md", figures["priorities"])
         if soak_markdown:
             report.update_soak_docs(ROOT / "docs" / "benchmarks.md", soak_markdown)
-    markdown += soak_markdown
+    markdown += soak_markdown + priorities_markdown
     print("\n" + markdown)
     return 1 if any(isinstance(v, dict) and "failed" in v for v in figures.values()) else 0
 
