@@ -23,7 +23,7 @@ from enum import IntEnum
 
 from lingo.errors import FlexUnavailable, LingoError, ModelNotFound, NoEndpoint, QueueFull
 from lingo.models import ModelGroup
-from lingo.shares import batch_limit, replica_share
+from lingo.shares import batch_limit, endpoint_shares
 
 #: Seconds suggested to clients in `Retry-After` when the queue is full.
 QUEUE_FULL_RETRY_AFTER = 1.0
@@ -64,7 +64,7 @@ class ClassPolicy:
 class Endpoint:
     """One ready server of a group and the requests it is serving now."""
 
-    __slots__ = ("batch_in_flight", "in_flight", "url")
+    __slots__ = ("batch_in_flight", "in_flight", "slots", "url")
 
     def __init__(self, url: str) -> None:
         #: Base URL, e.g. `http://10.0.0.7:8000`.
@@ -73,6 +73,8 @@ class Endpoint:
         self.in_flight = 0
         #: The part of `in_flight` that is batch work (kept within the batch share).
         self.batch_in_flight = 0
+        #: Requests this lingo replica may run here at once: its share of the group's `concurrency`.
+        self.slots = 0
 
 
 class Lease:
@@ -172,11 +174,13 @@ class ModelQueue:
         for url in wanted:
             if url not in self.endpoints:
                 self.endpoints[url] = self.retired.pop(url, None) or Endpoint(url)
+        self._reshare()
         self._dispatch()
 
     def set_lingo_replicas(self, rank: int, count: int) -> None:
         """This process is replica `rank` (0-based) of `count` lingo replicas sharing each endpoint."""
         self.lingo_replicas = (rank, count)
+        self._reshare()
         self._dispatch()
 
     def in_flight_on(self, url: str) -> int:
@@ -205,7 +209,7 @@ class ModelQueue:
         if self._closed is not None:
             raise self._closed
         if not any(self._queued[: priority + 1]):
-            endpoint = self._pick(avoid, self._slot_limit(), self._candidates(priority))
+            endpoint = self._pick(avoid, self._candidates(priority))
             if endpoint is not None:
                 return self._lease(endpoint, priority)
         if self.queued >= self.max_queue:
@@ -252,19 +256,27 @@ class ModelQueue:
         self._in_flight += 1
         return Lease(self, endpoint, batch)
 
-    def _slot_limit(self) -> int:
-        """Requests this process may run on one endpoint: its share of the endpoint's `concurrency`."""
-        return replica_share(self.group.concurrency, *self.lingo_replicas)
+    def _reshare(self) -> None:
+        """Give every endpoint this replica's share of its slots (after endpoints or peers changed)."""
+        shares = endpoint_shares(self.group.concurrency, *self.lingo_replicas, self.endpoints)
+        for url, endpoint in self.endpoints.items():
+            endpoint.slots = shares[url]
 
     def _candidates(self, priority: Priority) -> list[Endpoint]:
-        """Endpoints a request of `priority` may go to: for batch, those below the batch share."""
+        """Endpoints with a free slot for a request of `priority`: below this replica's share of
+        their slots, and for batch also below the batch share of those."""
         if priority is not Priority.BATCH:
-            return list(self.endpoints.values())
-        limit = batch_limit(self._slot_limit(), self.policy.batch_max_share)
-        return [e for e in self.endpoints.values() if e.batch_in_flight < limit]
+            return [e for e in self.endpoints.values() if e.in_flight < e.slots]
+        share = self.policy.batch_max_share
+        return [
+            e
+            for e in self.endpoints.values()
+            if e.in_flight < e.slots and e.batch_in_flight < batch_limit(e.slots, share)
+        ]
 
-    def _pick(self, avoid: str | None, limit: int, endpoints: list[Endpoint]) -> Endpoint | None:
-        """The endpoint with the fewest in flight below `limit`, preferring one other than `avoid`."""
+    def _pick(self, avoid: str | None, endpoints: list[Endpoint]) -> Endpoint | None:
+        """Of `endpoints` (all with a free slot), the one with the fewest in flight, preferring one
+        other than `avoid`."""
         best: Endpoint | None = None
         fallback: Endpoint | None = None
         count = len(endpoints)
@@ -274,8 +286,6 @@ class ModelQueue:
         self._rotation = (self._rotation + 1) % count
         for i in range(count):
             endpoint = endpoints[(self._rotation + i) % count]
-            if endpoint.in_flight >= limit:
-                continue
             if endpoint.url == avoid:
                 fallback = endpoint
                 continue
@@ -301,7 +311,7 @@ class ModelQueue:
                 return
             waiters = self._waiting[priority]
             waiter = waiters[0]
-            endpoint = self._pick(waiter.avoid, self._slot_limit(), self._candidates(priority))
+            endpoint = self._pick(waiter.avoid, self._candidates(priority))
             if endpoint is None:
                 if priority is Priority.BATCH:
                     # Batch is held back by its share; interactive waiters may still fit.

@@ -1,31 +1,43 @@
 """How many of an endpoint's slots one lingo replica, and batch work within it, may fill.
 
-Pure arithmetic; the queue asks it on every pick. Every lingo replica counts only its own requests,
-so the endpoint's `concurrency` is split between the replicas: shares differ by at most one and add
-up to exactly `concurrency`, so the pod never sees more than `concurrency` at once — except when
-there are more lingo replicas than slots, where each replica keeps one slot rather than none.
+Pure arithmetic. Every lingo replica counts only its own requests, so each endpoint's `concurrency`
+is split between the replicas: the shares of one endpoint add up to exactly `concurrency`, so the
+pod never sees more than that at once — except when there are fewer slots in all than lingo
+replicas, where a replica keeps one slot rather than none.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
+from collections.abc import Iterable
 
 
-def replica_share(concurrency: int, rank: int, replicas: int) -> int:
-    """Slots per endpoint for lingo replica `rank` (0-based, in an order all replicas agree on).
+def endpoint_shares(concurrency: int, rank: int, replicas: int, urls: Iterable[str]) -> dict[str, int]:
+    """Slots on each endpoint for lingo replica `rank` (0-based, in an order all replicas agree on).
 
-    `concurrency // replicas` each, the remainder to the lowest ranks; never fewer than one.
+    Each endpoint's `concurrency // replicas` slots go to every replica; its remainder slots go to
+    `concurrency % replicas` replicas in a row, starting at a position derived from the endpoint's
+    URL. The remainder so spreads over the replicas across pods, and a pod coming or going changes
+    no other pod's split. A replica left without any slot keeps one on one endpoint.
     """
+    urls = list(urls)
     if replicas <= 1:
-        return concurrency
+        return dict.fromkeys(urls, concurrency)
     base, extra = divmod(concurrency, replicas)
-    return max(1, base + (1 if rank < extra else 0))
+    shares = {}
+    for url in urls:
+        start = zlib.crc32(url.encode()) % replicas
+        shares[url] = base + (1 if (rank - start) % replicas < extra else 0)
+    if urls and not any(shares.values()):
+        shares[sorted(urls)[rank % len(urls)]] = 1
+    return shares
 
 
-def batch_limit(share: int, max_share: float) -> int:
-    """Requests in flight on an endpoint below which batch work may start another one there.
+def batch_limit(slots: int, max_share: float) -> int:
+    """Batch requests an endpoint with `slots` slots (for this replica) may run at once.
 
-    Batch only fills the endpoint up to `max_share` of this replica's slots, so at least the rest
-    stays free for interactive arrivals; it always may use one slot, or it would never run.
+    `max_share` of the slots, rounded down, so the rest stays free for interactive arrivals; at
+    least one, or batch work would never run.
     """
-    return max(1, math.floor(share * max_share + 1e-9))
+    return max(1, math.floor(slots * max_share + 1e-9))

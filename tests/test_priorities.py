@@ -10,7 +10,7 @@ from lingo.errors import FlexUnavailable, NoEndpoint
 from lingo.models import ModelGroup
 from lingo.priority import request_class
 from lingo.queue import ClassPolicy, Lease, ModelQueue, Priority
-from lingo.shares import batch_limit, replica_share
+from lingo.shares import batch_limit, endpoint_shares
 
 
 def make_queue(concurrency: int = 1, endpoints: int = 1, **policy: float) -> ModelQueue:
@@ -191,15 +191,42 @@ async def test_a_steady_stream_of_priority_requests_does_not_starve_batch() -> N
     await asyncio.gather(*stream, return_exceptions=True)
 
 
-def test_the_replica_shares_add_up_to_the_cap_and_differ_by_at_most_one() -> None:
-    for concurrency in range(1, 40):
+def test_each_endpoints_shares_add_up_to_its_cap_and_differ_by_at_most_one() -> None:
+    urls = [f"http://10.0.0.{i}:8000" for i in range(6)]
+    for concurrency in range(1, 30):
         for replicas in range(1, 6):
-            shares = [replica_share(concurrency, rank, replicas) for rank in range(replicas)]
-            assert max(shares) - min(shares) <= 1
-            if concurrency >= replicas:
-                assert sum(shares) == concurrency
-            else:  # fewer slots than replicas: one each rather than none
-                assert shares == [1] * replicas
+            for count in range(1, len(urls) + 1):
+                shares = [endpoint_shares(concurrency, r, replicas, urls[:count]) for r in range(replicas)]
+                assert all(sum(share.values()) >= 1 for share in shares), "every replica keeps a slot"
+                splits = [[share[url] for share in shares] for url in urls[:count]]
+                if concurrency >= replicas:
+                    assert all(sum(split) == concurrency for split in splits)
+                    assert all(max(split) - min(split) <= 1 for split in splits)
+                else:  # fewer slots than replicas on a pod: the extra slots are the kept ones only
+                    kept = sum(1 for share in shares if sum(share.values()) == 1)
+                    assert concurrency * count <= sum(map(sum, splits)) <= concurrency * count + kept
+
+
+def test_the_remainder_slots_spread_over_the_replicas_across_pods() -> None:
+    urls = [f"http://10.0.{i // 250}.{i % 250}:8000" for i in range(400)]
+    totals = [sum(endpoint_shares(3, rank, 2, urls).values()) for rank in range(2)]
+    assert sum(totals) == 1200 and abs(totals[0] - totals[1]) < 120
+
+
+def test_a_pod_coming_or_going_changes_no_other_pods_split() -> None:
+    urls = [f"http://10.0.0.{i}:8000" for i in range(5)]
+    for rank in range(3):
+        before = endpoint_shares(4, rank, 3, urls)
+        after = endpoint_shares(4, rank, 3, [*urls[:2], "http://10.0.0.99:8000", *urls[3:]])
+        assert {url: before[url] for url in after if url in before} == {
+            u: after[u] for u in after if u in before
+        }
+
+
+def test_with_fewer_slots_than_lingo_replicas_each_replica_still_keeps_one() -> None:
+    assert [endpoint_shares(1, rank, 2, ["http://e0"]) for rank in range(2)] == [{"http://e0": 1}] * 2
+    assert endpoint_shares(5, 0, 1, ["http://e0", "http://e1"]) == {"http://e0": 5, "http://e1": 5}
+    assert endpoint_shares(5, 0, 3, []) == {}
 
 
 def test_the_batch_limit_is_the_share_of_the_slots_and_at_least_one() -> None:
@@ -210,11 +237,12 @@ def test_the_batch_limit_is_the_share_of_the_slots_and_at_least_one() -> None:
 
 async def test_each_lingo_replica_keeps_to_its_share_and_gets_all_slots_when_alone() -> None:
     queue = make_queue(concurrency=3)
-    queue.set_lingo_replicas(1, 2)
+    rank = next(r for r in range(2) if endpoint_shares(3, r, 2, queue.endpoints) == {"http://e0": 1})
+    queue.set_lingo_replicas(rank, 2)
     first = await queue.acquire(Priority.DEFAULT, 5)
     second = asyncio.create_task(queue.acquire(Priority.DEFAULT, 5))
     await settle()
-    assert not second.done(), "replica 1 of 2 holds 1 of 3 slots"
+    assert not second.done(), "this replica holds 1 of the 3 slots"
     queue.set_lingo_replicas(0, 1)  # the peer left: this replica gets every slot
     (await asyncio.wait_for(second, 1)).release()
     first.release()
