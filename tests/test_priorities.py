@@ -191,6 +191,26 @@ async def test_a_steady_stream_of_priority_requests_does_not_starve_batch() -> N
     await asyncio.gather(*stream, return_exceptions=True)
 
 
+async def test_an_aged_batch_waiter_still_keeps_to_the_batch_share() -> None:
+    aging = 0.05
+    queue = make_queue(concurrency=4, batch_max_share=0.5, aging=aging)
+    batch = [asyncio.create_task(queue.acquire(Priority.BATCH, 10)) for _ in range(3)]
+    await settle()
+    interactive = [await queue.acquire(Priority.DEFAULT, 1) for _ in range(2)]
+    assert queue.in_flight == 4 and queue.queued_by(Priority.BATCH) == 1
+    await asyncio.sleep(4 * aging)  # the batch waiter now ranks above any fresh request
+    waiting = asyncio.create_task(queue.acquire(Priority.FLEX, 10))
+    await settle()
+    interactive[0].release()
+    lease = await asyncio.wait_for(waiting, 1)
+    assert queue.queued_by(Priority.BATCH) == 1, "the freed slot is not batch's to take"
+    for held in (lease, interactive[1]):
+        held.release()
+    for task in batch:
+        task.cancel()
+    await asyncio.gather(*batch, return_exceptions=True)
+
+
 def test_each_endpoints_shares_add_up_to_its_cap_and_differ_by_at_most_one() -> None:
     urls = [f"http://10.0.0.{i}:8000" for i in range(6)]
     for concurrency in range(1, 30):

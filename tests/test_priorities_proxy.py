@@ -5,15 +5,29 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import aiohttp
 import openai
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from lingo.batch.brokers import mem
 from lingo.queue import Priority
 from tests.conftest import StartLingo, wait_for
 from tests.counting_backend import CountingBackend, counting_backend
 from tests.test_proxy import client_for, static
+
+
+async def queued_by_class(lingo) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """`lingo_requests_queued` of model m from /metrics, by class."""
+    async with aiohttp.ClientSession() as session, session.get(lingo.url("metrics") + "/metrics") as r:
+        text = await r.text()
+    return {
+        sample.labels["class"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "lingo_requests_queued" and sample.labels["model"] == "m"
+    }
 
 
 def chat(client: openai.AsyncOpenAI, label: str, **kwargs: object) -> asyncio.Task[object]:
@@ -47,6 +61,7 @@ async def test_service_tier_and_the_priority_header_from_the_openai_sdk_choose_t
             before = queue.queued_by(klass)
             tasks.append(chat(client, label, **kwargs))
             await wait_for(lambda k=klass, n=before: queue.queued_by(k) == n + 1)
+        assert await queued_by_class(lingo) == {"priority": 2, "default": 3, "flex": 2, "batch": 0}
         backend.gate.set()
         await asyncio.gather(*tasks)
         await client.close()
@@ -89,6 +104,17 @@ async def test_a_flex_request_that_finds_no_slot_in_time_gets_429_with_retry_aft
         assert float(refused.value.response.headers["Retry-After"]) > 0
         assert refused.value.code == "resource_unavailable" and refused.value.message
         assert not waiting_default.done(), "only flex gives up early"
+        # The header works where there is no JSON body, e.g. an audio upload.
+        form = aiohttp.FormData({"model": "m"})
+        form.add_field("file", b"RIFF", filename="a.wav", content_type="audio/wav")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                lingo.url() + "/v1/audio/transcriptions", data=form, headers={"X-Lingo-Priority": "flex"}
+            ) as response,
+        ):
+            assert response.status == 429 and response.headers["Retry-After"]
+            assert (await response.json())["error"]["code"] == "resource_unavailable"
         backend.gate.set()
         await asyncio.gather(held, waiting_default)
         await client.close()
