@@ -288,8 +288,11 @@ class KubernetesPlatform:
             if key.removeprefix("deployment/") not in self.deployments.objects:
                 del self._problems[key]
         self.models = models
-        self._registry.sync_models(model.group for model in models.values())
         by_service = slices_by_service(self.endpoint_slices.objects.values())
+        peer_slices = by_service.get(self.settings.peer_service, ())
+        # Shares first, so no request is handed a slot under the old count of lingo replicas.
+        self._registry.set_lingo_replicas(*replica_rank(peer_slices, self.identity))
+        self._registry.sync_models(model.group for model in models.values())
         for name, model in models.items():
             urls, problems = endpoint_urls(by_service.get(model.service, ()), model.port)
             self._report(f"endpoints/{name}", problems)
@@ -302,9 +305,7 @@ class KubernetesPlatform:
         for name in set(self._published) - set(models):
             del self._published[name]
             self._problems.pop(f"endpoints/{name}", None)
-        peer_slices = by_service.get(self.settings.peer_service, ())
         self.peers = peer_addresses(peer_slices, self.identity, self.settings.stats_address[1])
-        self._registry.set_lingo_replicas(*replica_rank(peer_slices, self.identity))
 
     def _report(self, key: str, problems: list[str]) -> None:
         """Log a warning for each problem once, not again on every watch event."""
