@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from lingo.config import ConfigError, load
 from lingo.errors import FlexUnavailable, NoEndpoint
 from lingo.models import ModelGroup
 from lingo.priority import request_class
@@ -296,3 +297,12 @@ def test_the_class_comes_from_the_header_else_the_service_tier_and_unknown_means
     header: str | None, document: object, expected: Priority
 ) -> None:
     assert request_class(header, document) is expected
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [("LINGO_BATCH_MAX_SHARE", "0"), ("LINGO_BATCH_MAX_SHARE", "1.5"), ("LINGO_PRIORITY_AGING", "0s")],
+)
+def test_a_share_or_aging_lingo_cannot_use_fails_at_start_naming_the_setting(env: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=env):
+        load(environ={env: value})
