@@ -63,9 +63,30 @@ async def completion(url: str) -> int:
         return r.status
 
 
+#: Reads the page in one script run: the page's own polling cannot replace the tables halfway.
+READ_PAGE = """
+const out = {};
+const text = (el) => el.innerText.replace(/\u00a0/g, " ").trim();
+for (const el of document.querySelectorAll('section[data-group="chat"] [data-field]'))
+  out[el.dataset.field] = text(el);
+const section = document.querySelector('section[data-group="chat"]');
+out.text = section ? text(section) : "";
+out.endpoints = [...document.querySelectorAll('section[data-group="chat"] [data-endpoint]')]
+  .map((el) => el.dataset.endpoint);
+for (const row of document.querySelectorAll('tr[data-stream]'))
+  for (const el of row.querySelectorAll('[data-field^="outcome-"]'))
+    out[row.dataset.stream + " " + el.dataset.field] = text(el);
+out.conn = text(document.getElementById("conn"));
+return out;
+"""
+
+
+def page(driver) -> dict:  # type: ignore[no-untyped-def]
+    return dict(driver.execute_script(READ_PAGE))
+
+
 def cell(driver, field: str) -> str:  # type: ignore[no-untyped-def]
-    selector = f'section[data-group="chat"] [data-field="{field}"]'
-    return str(driver.find_element(By.CSS_SELECTOR, selector).text)
+    return str(page(driver).get(field, ""))
 
 
 async def wait_page(driver, condition, what: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
@@ -82,8 +103,8 @@ async def test_status_page_shows_the_numbers_change_under_traffic(start_lingo, b
     try:
         await asyncio.to_thread(driver.get, lingo.url("health") + "/status")
         await wait_page(driver, lambda d: cell(d, "in_flight") == "0", "the idle group")
-        assert cell(driver, "ready") == "0" and cell(driver, "max") == "1"
-        assert driver.find_element(By.ID, "conn").text == "live"
+        idle = page(driver)
+        assert (idle["ready"], idle["max"], idle["conn"]) == ("0", "1", "live")
         driver.execute_script("window.loadedOnce = true")
 
         http = [asyncio.create_task(completion(lingo.url())) for _ in range(5)]
@@ -98,11 +119,11 @@ async def test_status_page_shows_the_numbers_change_under_traffic(start_lingo, b
             lambda d: cell(d, "in_flight") == "2" and int(cell(d, "queued")) >= 3,
             "two in flight and three or more queued",
         )
-        assert cell(driver, "ready") == "1" and cell(driver, "desired") == "1"
-        endpoint = driver.find_element(By.CSS_SELECTOR, 'section[data-group="chat"] [data-endpoint]')
-        assert endpoint.get_attribute("data-endpoint").startswith("http://127.0.0.1:")
-        events = driver.find_element(By.CSS_SELECTOR, 'section[data-group="chat"]').text
-        assert "0 → 1" in events and "request waiting, no ready replica" in events
+        busy = page(driver)
+        assert busy["ready"] == "1" and busy["desired"] == "1"
+        [endpoint] = busy["endpoints"]
+        assert endpoint.startswith("http://127.0.0.1:")
+        assert "0 → 1" in busy["text"] and "request waiting, no ready replica" in busy["text"]
         screenshot = tmp_path / "status.png"
         driver.save_screenshot(str(screenshot))
         if os.environ.get("LINGO_UPDATE_SCREENSHOT"):
@@ -114,10 +135,13 @@ async def test_status_page_shows_the_numbers_change_under_traffic(start_lingo, b
             lambda d: "200: 8" in cell(d, "requests") and cell(d, "in_flight") == "0",
             "all eight requests answered",
         )
-        stream = f'tr[data-stream="mem://{requests}?model=chat"]'
-        answered = driver.find_element(By.CSS_SELECTOR, f'{stream} [data-field="outcome-answered"]').text
-        invalid = driver.find_element(By.CSS_SELECTOR, f'{stream} [data-field="outcome-invalid"]').text
-        assert (answered, invalid) == ("3", "1")
+        stream = f"mem://{requests}?model=chat"
+        await wait_page(
+            driver,
+            lambda d: page(d).get(f"{stream} outcome-answered") == "3",
+            "three batch messages answered",
+        )
+        assert page(driver)[f"{stream} outcome-invalid"] == "1"
         assert driver.execute_script("return window.loadedOnce") is True, "the page reloaded"
     finally:
         mem.delete_topic(requests)
@@ -127,8 +151,8 @@ async def test_status_page_shows_the_numbers_change_under_traffic(start_lingo, b
 async def test_status_page_says_when_lingo_is_unreachable(start_lingo, browser) -> None:
     lingo = await start_lingo("models: []\n")
     await asyncio.to_thread(browser.get, lingo.url("health") + "/status")
-    await wait_page(browser, lambda d: d.find_element(By.ID, "conn").text == "live", "live")
+    await wait_page(browser, lambda d: page(d)["conn"] == "live", "live")
     assert "no model groups" in browser.find_element(By.ID, "groups").text
     await lingo.stop()
-    await wait_page(browser, lambda d: d.find_element(By.ID, "conn").text == "unreachable", "unreachable")
+    await wait_page(browser, lambda d: page(d)["conn"] == "unreachable", "unreachable")
     assert "cannot read status.json" in browser.find_element(By.ID, "error").text
