@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         except Unreachable as exc:
             print(f"lingo status: {exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            return 130
         sys.stdout.write(json.dumps(facts, indent=2) + "\n" if args.json else render(facts))
         return 0
     try:
