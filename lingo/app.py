@@ -22,6 +22,7 @@ from lingo.proxy.server import ProxyServer
 from lingo.proxy.upstream import UpstreamPool
 from lingo.queue import ClassPolicy
 from lingo.registry import Registry
+from lingo.status import StatusFacts, status_page_html
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,15 @@ class Lingo:
         self.addresses: dict[str, tuple[str, int]] = {}
         #: Batch streams (set up by `lingo.batch` when messengers are configured).
         self.batch: Any = None
+        #: The facts behind `/status`, `/status.json` and `lingo status`.
+        self.status = StatusFacts(
+            self.registry,
+            self.autoscaler,
+            self.metrics,
+            platform=settings.resolved_platform(),
+            ready=lambda: self._ready and self.platform.synced(),
+            streams=lambda: self.batch.streams if self.batch is not None else (),
+        )
         self.forwarder: Forwarder | None = None
         self.proxy: ProxyServer | None = None
         self._runners: dict[str, web.AppRunner] = {}
@@ -181,9 +191,17 @@ class Lingo:
                 return web.Response(text="ready")
             return web.Response(status=503, text="not ready")
 
+        async def status_json(request: web.Request) -> web.Response:
+            return web.json_response(await self.status.gather(), headers={"Cache-Control": "no-store"})
+
+        async def status_page(request: web.Request) -> web.Response:
+            return web.Response(body=status_page_html(), content_type="text/html", charset="utf-8")
+
         app = web.Application()
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
+        app.router.add_get("/status.json", status_json)
+        app.router.add_get("/status", status_page)
         return app
 
     def _metrics_app(self) -> web.Application:

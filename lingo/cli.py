@@ -1,4 +1,4 @@
-"""The `lingo` command: serve, fake-model, demo, batch."""
+"""The `lingo` command: serve, fake-model, demo, status, batch."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run lingo locally with two fake models at 0 replicas")
     demo.add_argument("--port", type=int, default=8080, help="proxy port (health, metrics, stats follow it)")
+
+    from lingo.status.cli import add_parser as add_status_parser
+
+    add_status_parser(commands)
 
     try:
         from lingo.batch.cli import add_parser as add_batch_parser

@@ -139,6 +139,12 @@ class Metrics:
             ["stream"],
             registry=self.prometheus,
         )
+        self.batch_backlog = Gauge(
+            "lingo_batch_backlog",
+            "Batch messages waiting on the broker, as last reported (0 where the broker cannot tell).",
+            ["stream"],
+            registry=self.prometheus,
+        )
         self.prometheus.register(QueueCollector(registry, desired))
 
     def observe_request(self, model: str, source: str, code: int, duration: float, klass: str) -> None:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Start the brokers the tests talk to (NATS with JetStream, RabbitMQ) when they are not running,
 # installing them from Debian's packages where missing. The Pub/Sub emulator is started by the tests.
+# Also installs the tools tests start themselves: Prometheus (dashboard and alert queries) and
+# headless Chromium with its WebDriver (the status page).
 set -euo pipefail
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -30,4 +32,12 @@ if ! listening 5672; then
   rabbitmq-server -detached
   wait_port 5672 rabbitmq-server
   echo "services: started rabbitmq-server on 127.0.0.1:5672"
+fi
+
+missing=()
+command -v prometheus >/dev/null || [ -x /usr/bin/prometheus ] || missing+=(prometheus)
+command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v chromedriver >/dev/null || [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_install "${missing[@]}" && echo "services: installed ${missing[*]}"
 fi

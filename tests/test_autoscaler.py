@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from lingo.autoscaler import Autoscaler, MovingAverage, ScaleDecider, desired_replicas
+from lingo.autoscaler.loop import RECENT_SCALE_EVENTS
 from lingo.models import ModelGroup
 from lingo.queue import Priority
 from lingo.registry import Registry
@@ -166,3 +167,23 @@ async def test_restored_state_prevents_an_instant_scale_down() -> None:
     await scaler.tick()  # one idle sample next to two busy ones: average 6 → still 3 replicas
     assert platform.calls == []
     assert state.saved == {"m": [9.0, 9.0, 0.0]}
+
+
+async def test_scale_events_are_remembered_with_their_reasons_newest_last_and_bounded() -> None:
+    registry, _platform, clock, scaler = setup(delay=0)
+    queue = registry.queues["m"]
+    waiters = [asyncio.create_task(queue.acquire(Priority.DEFAULT, 60)) for _ in range(3)]
+    await asyncio.sleep(0)
+    await scaler.tick()
+    for waiter in waiters:
+        waiter.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    for second in range(1, 6):
+        clock.now = second
+        await scaler.tick()
+    events = [(e.group, e.current, e.target, e.reason) for e in scaler.events]
+    assert events[0] == ("m", 0, 2, "demand 3.0 / concurrency 2")
+    assert events[-1][2] == 0 and events[-1][3].endswith("lower for 0s")
+    for _ in range(RECENT_SCALE_EVENTS + 5):
+        await scaler._scale("m", 0, 1, "test")
+    assert len(scaler.events) == RECENT_SCALE_EVENTS

@@ -7,7 +7,9 @@ import contextlib
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from lingo.autoscaler.decision import MovingAverage, ScaleDecider, desired_replicas
@@ -20,6 +22,24 @@ log = logging.getLogger(__name__)
 DemandSource = Callable[[], Awaitable[dict[str, float]]]
 #: Called after each replica change with (group, from, to).
 ScaleListener = Callable[[str, int, int], None]
+#: Replica changes remembered for the status page, newest last.
+RECENT_SCALE_EVENTS = 50
+
+
+@dataclass(frozen=True)
+class ScaleEvent:
+    """One replica change the autoscaler made, and why."""
+
+    #: Wall-clock time of the change (Unix seconds).
+    time: float
+    #: Model group that was scaled.
+    group: str
+    #: Replicas before.
+    current: int
+    #: Replicas asked for.
+    target: int
+    #: Why, in words, e.g. "demand 7.5 / concurrency 4".
+    reason: str
 
 
 class StateStore(Protocol):
@@ -65,6 +85,8 @@ class Autoscaler:
         self.desired: dict[str, int] = {}
         #: Listeners told of every replica change (metrics, the demo's printout).
         self.listeners: list[ScaleListener] = []
+        #: The last `RECENT_SCALE_EVENTS` replica changes, oldest first (read by the status page).
+        self.events: deque[ScaleEvent] = deque(maxlen=RECENT_SCALE_EVENTS)
         self._averages: dict[str, MovingAverage] = {}
         self._deciders: dict[str, ScaleDecider] = {}
         self._restored: dict[str, list[float]] = {}
@@ -137,7 +159,11 @@ class Autoscaler:
                 )
                 target = decider.decide(now, current, wanted)
                 if target is not None and target != current:
-                    await self._scale(name, current, target)
+                    if target > current:
+                        reason = f"demand {average.value:.1f} / concurrency {group.concurrency}"
+                    else:
+                        reason = f"demand {average.value:.1f} lower for {group.scale_down_delay:g}s"
+                    await self._scale(name, current, target, reason)
             except Exception as exc:  # e.g. the API server is down: try again next tick, quietly
                 log.warning("scaling failed", extra={"model": name, "error": repr(exc)})
         for name in set(self._averages) - set(self.registry.queues):
@@ -167,15 +193,16 @@ class Autoscaler:
             current = await self.platform.get_replicas(group)
             target = min(queue.group.max_replicas, max(1, queue.group.min_replicas))
             if current == 0 and target > 0:
-                await self._scale(group, current, target)
+                await self._scale(group, current, target, "request waiting, no ready replica")
         except Exception:
             log.warning("scale from zero failed", extra={"model": group}, exc_info=True)
         finally:
             self._waking.discard(group)
 
-    async def _scale(self, group: str, current: int, target: int) -> None:
+    async def _scale(self, group: str, current: int, target: int, reason: str) -> None:
         await self.platform.set_replicas(group, target)
         self.desired[group] = target
-        log.info("scaled", extra={"model": group, "from": current, "to": target})
+        self.events.append(ScaleEvent(time.time(), group, current, target, reason))
+        log.info("scaled", extra={"model": group, "from": current, "to": target, "reason": reason})
         for listener in self.listeners:
             listener(group, current, target)

@@ -118,7 +118,8 @@ class BatchStream:
         model = self.spec.requests.model
         if model:
             self.registry.add_backlog_source(model, lambda: self.backlog)
-            self._backlog_task = asyncio.create_task(self._refresh_backlog(), name=f"backlog {self.label}")
+        # Refreshed even without `?model=`: the status page and `lingo_batch_backlog` show it.
+        self._backlog_task = asyncio.create_task(self._refresh_backlog(), name=f"backlog {self.label}")
 
     async def stop(self, grace: float) -> None:
         """Stop receiving, let handlers finish within `grace` seconds, nack what is left, close."""
@@ -258,6 +259,7 @@ class BatchStream:
                     async with asyncio.timeout(5):
                         count = await subscription.backlog()
                     self.backlog = count or 0
+                    self.metrics.batch_backlog.labels(self.label).set(self.backlog)
                 except Exception as exc:
                     log.debug("backlog refresh failed", extra={"stream": self.label, "error": repr(exc)})
             await asyncio.sleep(BACKLOG_INTERVAL)

@@ -13,6 +13,7 @@ from lingo.config import Settings, parse_address
 
 BANNER = """
 lingo demo is running: proxy {proxy}, metrics {metrics}/metrics
+Live status: {health}/status  (or in a terminal: lingo status --url {health} --watch)
 Both models start at 0 replicas; the first request starts one (about 2 s), idle ones stop after ~30 s.
 
   curl {proxy}/v1/models
@@ -58,7 +59,12 @@ async def _run(port: int) -> None:
         while "proxy" not in lingo.addresses and not task.done():
             await asyncio.sleep(0.05)
         if not task.done():
-            print(BANNER.format(proxy=lingo.url("proxy"), metrics=lingo.url("metrics")), flush=True)
+            print(
+                BANNER.format(
+                    proxy=lingo.url("proxy"), metrics=lingo.url("metrics"), health=lingo.url("health")
+                ),
+                flush=True,
+            )
         await task
 
 

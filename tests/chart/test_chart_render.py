@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 
 import kubernetes_validate
@@ -24,7 +25,7 @@ VALUES_SETS = sorted(path.stem for path in VALUES_DIR.glob("*.yaml"))
 
 # CRDs: kubernetes-validate ships schemas for built-in kinds only, so these are checked by the
 # assertions below instead.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 PORTS = {"http": 8080, "health": 8081, "metrics": 8082, "stats": 8083}
 
@@ -219,3 +220,40 @@ def test_notes_tell_how_to_reach_the_proxy_and_metrics(helm):
     assert f"port-forward service/{RELEASE}-lingo 8080:80" in notes
     assert "/v1/models" in notes
     assert "8082" in notes and "/metrics" in notes
+
+
+def test_dashboard_and_alert_rules_are_off_by_default(rendered):
+    kinds = {m["kind"] for m in rendered["defaults"]}
+    assert "PrometheusRule" not in kinds and "ConfigMap" not in kinds
+
+
+def test_dashboard_is_a_configmap_grafana_loads(rendered):
+    config_map = only(rendered["monitoring"], "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "LLM"}
+    dashboard = json.loads(config_map["data"]["lingo.json"])
+    assert dashboard["uid"] == "lingo" and dashboard["panels"]
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert variables == {"datasource", "model"}
+    for panel in dashboard["panels"]:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
+
+
+def test_alert_rules_have_their_durations_severity_and_texts(rendered):
+    rule = only(rendered["monitoring"], "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    [group] = rule["spec"]["groups"]
+    alerts = {r["alert"]: r for r in group["rules"]}
+    assert set(alerts) == {
+        "LingoModelCannotStart",
+        "LingoRequestsRejected",
+        "LingoBatchRedeliveries",
+        "LingoBatchBacklogGrowing",
+    }
+    assert alerts["LingoModelCannotStart"]["for"] == "20m"  # from the values set
+    assert alerts["LingoRequestsRejected"]["for"] == "10m"  # the chart's default
+    for name, alert in alerts.items():
+        assert alert["expr"] and alert["labels"] == {"severity": "warning"}, name
+        assert set(alert["annotations"]) == {"summary", "description"}, name
