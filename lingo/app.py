@@ -67,6 +67,8 @@ class Lingo:
         self.addresses: dict[str, tuple[str, int]] = {}
         #: Batch streams (set up by `lingo.batch` when messengers are configured).
         self.batch: Any = None
+        #: The OpenAI Files and Batches API (`lingo.batch.api.BatchApi`).
+        self.batch_api: Any = None
         self.forwarder: Forwarder | None = None
         self.proxy: ProxyServer | None = None
         self._runners: dict[str, web.AppRunner] = {}
@@ -85,6 +87,11 @@ class Lingo:
             from lingo.batch import BatchStreams
 
             self.batch = BatchStreams.from_settings(s, self.registry, self.forwarder, self.metrics)
+        from lingo.batch.api import BatchApi
+
+        self.batch_api = BatchApi(s, self.registry, self.forwarder, self.metrics)
+        await self.batch_api.start()
+        handler.own_routes = (self.batch_api.handles, self.batch_api)
         await self._listen("health", self._health_app(), s.health_address)
         await self._listen("metrics", self._metrics_app(), s.metrics_address)
         await self._listen("stats", self._stats_app(), s.stats_address)
@@ -112,6 +119,8 @@ class Lingo:
         deadline = loop.time() + grace
         if self.batch is not None:
             await self.batch.stop(grace)
+        if self.batch_api is not None:
+            await self.batch_api.stop(max(0.0, deadline - loop.time()))
         if self.proxy is not None:
             self.proxy.stop_accepting()
         self.registry.close_all(ShuttingDown("lingo is shutting down; retry on another replica"))
