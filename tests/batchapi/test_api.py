@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import openai
@@ -31,8 +32,20 @@ models:
 """
 
 
+_clients: list[openai.AsyncOpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_clients() -> AsyncIterator[None]:
+    yield
+    while _clients:
+        await _clients.pop().close()
+
+
 def client_for(lingo, api_key: str = "unused") -> openai.AsyncOpenAI:  # type: ignore[no-untyped-def]
-    return openai.AsyncOpenAI(base_url=lingo.url() + "/v1", api_key=api_key, max_retries=0)
+    client = openai.AsyncOpenAI(base_url=lingo.url() + "/v1", api_key=api_key, max_retries=0)
+    _clients.append(client)
+    return client
 
 
 def fast(database_url: str, tmp_path: Path, **overrides: object) -> dict[str, object]:
@@ -54,7 +67,11 @@ async def test_batch_scales_model_from_zero_completes_and_splits_output_and_erro
     lines = [chat_line(f"ok-{i}") for i in range(20)] + [chat_line("nomodel", model="missing")]
     file_id = await upload(client, lines)
     uploaded = await client.files.retrieve(file_id)
-    assert (uploaded.purpose, uploaded.bytes, uploaded.filename) == ("batch", len(jsonl(lines)), "input.jsonl")
+    assert (uploaded.purpose, uploaded.bytes, uploaded.filename) == (
+        "batch",
+        len(jsonl(lines)),
+        "input.jsonl",
+    )
 
     batch = await client.batches.create(
         input_file_id=file_id,
@@ -67,7 +84,11 @@ async def test_batch_scales_model_from_zero_completes_and_splits_output_and_erro
     done = await wait_batch(client, batch.id, ("completed", "failed"))
     assert done.status == "completed", done
     assert done.request_counts is not None
-    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (21, 20, 1)
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (
+        21,
+        20,
+        1,
+    )
     assert done.in_progress_at and done.finalizing_at and done.completed_at
     assert done.expires_at == done.created_at + 24 * 3600
 
@@ -83,6 +104,8 @@ async def test_batch_scales_model_from_zero_completes_and_splits_output_and_erro
 
     output_file = await client.files.retrieve(done.output_file_id)
     assert output_file.purpose == "batch_output"
+    with pytest.raises(openai.ConflictError):
+        await client.batches.cancel(batch.id)
 
 
 async def test_bad_input_file_fails_with_the_line_numbers_of_each_problem(
@@ -144,8 +167,7 @@ async def test_cancel_mid_run_stops_dispatching_and_keeps_finished_lines(
     output = await read_lines(client, cancelled.output_file_id)
     assert len(output) == completed
     assert {line["response"]["status_code"] for line in output} == {200}
-    with pytest.raises(openai.ConflictError):
-        await client.batches.cancel(batch.id)
+    assert (await client.batches.cancel(batch.id)).status == "cancelled"  # cancelling again changes nothing
 
 
 async def test_lists_paginate_with_after_limit_and_has_more(
@@ -202,7 +224,9 @@ async def test_expired_batch_returns_finished_lines_and_lists_the_rest_as_expire
     assert (expired.request_counts.completed, expired.request_counts.failed) == (len(output), len(errors))
 
 
-async def test_unknown_ids_and_bad_requests_get_openai_errors(start_lingo: StartLingo, tmp_path: Path) -> None:
+async def test_unknown_ids_and_bad_requests_get_openai_errors(
+    start_lingo: StartLingo, tmp_path: Path
+) -> None:
     lingo = await start_lingo(MODELS, data_dir=str(tmp_path / "data"))
     client = client_for(lingo)
     with pytest.raises(openai.NotFoundError):
@@ -248,7 +272,9 @@ async def test_files_and_batches_are_visible_only_to_the_key_that_created_them(
     with pytest.raises(openai.NotFoundError):
         await bob.batches.retrieve(batch.id)
     with pytest.raises(openai.NotFoundError):
-        await bob.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+        await bob.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
     assert (await bob.files.list()).data == [] and (await bob.batches.list()).data == []
     assert [file.id for file in (await alice.files.list()).data] == [file_id]
     done = await wait_batch(alice, batch.id, ("completed",))
