@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import socket
 import time
@@ -157,7 +158,7 @@ class BatchRunner:
         #: Seconds one line may wait for an endpoint slot per attempt.
         self.max_wait = max_wait
         #: This process's identity in leases.
-        self.runner_id = f"{socket.gethostname()[:40]}-{secrets.token_hex(4)}"
+        self.runner_id = f"{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(4)}"
         self.jobs: dict[str, _Job] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
