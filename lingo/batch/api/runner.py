@@ -333,6 +333,18 @@ class BatchRunner:
         """Send every pending line, `concurrency` at a time, until done or told to stop."""
         limit = asyncio.Semaphore(self.settings.concurrency)
         in_flight: set[asyncio.Task[None]] = set()
+        try:
+            await self._dispatch_pages(job, limit, in_flight)
+            if in_flight:
+                await asyncio.wait(in_flight)
+        except asyncio.CancelledError:
+            for task in in_flight:  # shutdown grace is over: their lines stay pending for the next run
+                task.cancel()
+            raise
+
+    async def _dispatch_pages(
+        self, job: _Job, limit: asyncio.Semaphore, in_flight: set[asyncio.Task[None]]
+    ) -> None:
         expires_at = job.row["expires_at"]
         after = 0
         while not job.stop.is_set():
@@ -353,8 +365,6 @@ class BatchRunner:
                 task.add_done_callback(in_flight.discard)
                 task.add_done_callback(lambda _: limit.release())
                 after = line.line
-        if in_flight:
-            await asyncio.wait(in_flight)
 
     async def _line(self, job: _Job, number: int, custom_id: str, body: bytes) -> None:
         status, request_id, document = await self._send(job, body)
@@ -392,11 +402,12 @@ class BatchRunner:
                     status = exchange.response.status
                     request_id = _header(exchange.response.raw_headers, "x-request-id") or request_id
                     document: object = response_body(data)
-            except LingoError as error:
-                status, document = error.status, error.body()
+            except LingoError as refused:
+                status, document = refused.status, refused.body()
             except OSError as exc:
-                error = BackendUnreachable(f"model group {queue.group.name!r} failed mid-response: {exc!r}")
-                status, document = error.status, error.body()
+                # The backend failed while sending its answer: worth another attempt, like a 502.
+                broken = BackendUnreachable(f"model group {queue.group.name!r} failed mid-response: {exc!r}")
+                status, document = broken.status, broken.body()
             self.metrics.observe_request(queue.group.name, "batch", status, loop.time() - started)
             if status in TRANSIENT_STATUSES and attempt < retry.max_attempts and not job.stop.is_set():
                 self.metrics.batch_job_lines.labels("retried").inc()

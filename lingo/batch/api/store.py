@@ -181,8 +181,9 @@ class BatchStore:
     ) -> Row:
         created_us = _now_us()
         created_at = created_us // 1_000_000
+        batch_id = new_id("batch_")
         values = {
-            "id": new_id("batch_"),
+            "id": batch_id,
             "owner": owner,
             "endpoint": endpoint,
             "input_file_id": input_file_id,
@@ -198,7 +199,7 @@ class BatchStore:
         }
         async with self.engine.begin() as connection:
             await connection.execute(schema.batches.insert().values(**values))
-            return await self._batch(connection, values["id"])
+            return await self._batch(connection, batch_id)
 
     async def get_batch(self, owner: str | None, batch_id: str) -> Row | None:
         async with self.engine.connect() as connection:
