@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, event, func, or_, select, text, update
+from sqlalchemy import and_, bindparam, event, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from lingo.batch.api import schema
@@ -388,30 +387,49 @@ class BatchStore:
         return [InputLine(line, custom_id, bytes(body)) for line, custom_id, body in rows]
 
     async def record_results(self, results: Sequence[LineResult]) -> None:
-        """Record finished lines and count them on their batch, in one transaction.
+        """Record finished lines and recount their batches, in one transaction.
 
-        A line recorded already (by a runner that lost its lease) is not counted twice.
+        One statement for all lines (compiled once, executed many times). A line recorded already
+        (by a runner that lost its lease) keeps its first result, and counts are recounted from the
+        lines, so nothing is counted twice.
         """
-        lines = schema.lines
-        counts: Counter[tuple[str, bool]] = Counter()
+        lines, batches = schema.lines, schema.batches
+        record = (
+            update(lines)
+            .where(
+                lines.c.batch_id == bindparam("b_batch"),
+                lines.c.line == bindparam("b_line"),
+                lines.c.state == "pending",
+            )
+            .values(state=bindparam("b_state"), result=bindparam("b_result"))
+        )
         async with self.engine.begin() as connection:
-            for result in results:
-                changed = await connection.execute(
-                    update(lines)
-                    .where(
-                        lines.c.batch_id == result.batch_id,
-                        lines.c.line == result.line,
-                        lines.c.state == "pending",
-                    )
-                    .values(state="ok" if result.ok else "error", result=result.result)
+            await connection.execute(
+                record,
+                [
+                    {
+                        "b_batch": result.batch_id,
+                        "b_line": result.line,
+                        "b_state": "ok" if result.ok else "error",
+                        "b_result": result.result,
+                    }
+                    for result in results
+                ],
+            )
+            for batch_id in {result.batch_id for result in results}:
+                counts = dict(
+                    (
+                        await connection.execute(
+                            select(lines.c.state, func.count())
+                            .where(lines.c.batch_id == batch_id, lines.c.state != "pending")
+                            .group_by(lines.c.state)
+                        )
+                    ).all()
                 )
-                if changed.rowcount:
-                    counts[(result.batch_id, result.ok)] += 1
-            batches = schema.batches
-            for (batch_id, ok), count in counts.items():
-                column = batches.c.completed if ok else batches.c.failed
                 await connection.execute(
-                    update(batches).where(batches.c.id == batch_id).values({column: column + count})
+                    update(batches)
+                    .where(batches.c.id == batch_id, batches.c.status.not_in(FINAL_STATUSES))
+                    .values(completed=counts.get("ok", 0), failed=counts.get("error", 0))
                 )
 
     async def mark_finalizing(self, batch_id: str, runner_id: str) -> None:
