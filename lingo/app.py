@@ -132,6 +132,8 @@ class Lingo:
         await self.platform.stop()
         if self.forwarder is not None:
             await self.forwarder.pool.close()
+        if self.batch_api is not None:
+            await self.batch_api.close()
         for runner in self._runners.values():
             await runner.cleanup()
         log.info("lingo stopped")

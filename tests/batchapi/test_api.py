@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import openai
 import orjson
 import pytest
 
 from tests.batchapi.support import chat_line, jsonl, read_lines, upload, wait_batch
 from tests.conftest import StartLingo
+from tests.faults.support import scrape
 
 MODELS = """
 models:
@@ -106,6 +109,21 @@ async def test_batch_scales_model_from_zero_completes_and_splits_output_and_erro
     assert output_file.purpose == "batch_output"
     with pytest.raises(openai.ConflictError):
         await client.batches.cancel(batch.id)
+
+    async def completed_gauge() -> float:
+        async with aiohttp.ClientSession() as session:
+            return (await scrape(session, lingo.url("metrics"))).get(
+                ("lingo_batch_jobs", (("status", "completed"),)), 0.0
+            )
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while await completed_gauge() != 1.0:  # the gauge is refreshed every poll interval
+        assert asyncio.get_running_loop().time() < deadline, "lingo_batch_jobs{status=completed} stayed 0"
+        await asyncio.sleep(0.05)
+    async with aiohttp.ClientSession() as session:
+        samples = await scrape(session, lingo.url("metrics"))
+    assert samples[("lingo_batch_job_lines_total", (("outcome", "completed"),))] == 20
+    assert samples[("lingo_batch_job_lines_total", (("outcome", "failed"),))] == 1
 
 
 async def test_bad_input_file_fails_with_the_line_numbers_of_each_problem(

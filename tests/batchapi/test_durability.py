@@ -4,6 +4,8 @@ take over from each other."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
 from pathlib import Path
 
@@ -118,4 +120,38 @@ async def test_two_lingo_processes_on_postgresql_run_each_batch_once_and_take_ov
     finally:
         for process in processes:
             process.kill()
+        await backend.close()
+
+
+async def test_sigterm_mid_batch_leaves_unfinished_lines_pending_not_failed(tmp_path: Path) -> None:
+    backend = await CountingBackend(latency=0.1).start()
+    env = {
+        "LINGO_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'lingo.db'}",
+        "LINGO_BATCH_API_CONCURRENCY": str(CONCURRENCY),
+        "LINGO_SHUTDOWN_GRACE": "5s",
+    }
+    lines = [chat_line(f"s-{i:04d}", content=f"s-{i:04d}") for i in range(300)]
+    first = await LingoProcess(tmp_path, backend.url, env).ready()
+    second: LingoProcess | None = None
+    try:
+        async with openai.AsyncOpenAI(base_url=first.url, api_key="unused", max_retries=0) as client:
+            file_id = await upload(client, lines)
+            batch = await client.batches.create(
+                input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            await wait_completed(client, batch.id, 50)
+        # In a thread: the backend answering the lines in flight runs on this event loop.
+        await asyncio.to_thread(first.kill, signal.SIGTERM)
+        assert first.process.returncode == 0, first.log.read_text()[-2000:]
+        # The lease was given back on the way out: the next process starts at once, not after 30 s.
+        second = await LingoProcess(tmp_path, backend.url, env).ready()
+        async with openai.AsyncOpenAI(base_url=second.url, api_key="unused", max_retries=0) as client:
+            done = await wait_batch(client, batch.id, ("completed",), timeout=20)
+        assert done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (300, 0)
+        assert backend.reruns() == 0, "a line in flight at SIGTERM was not allowed to finish"
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
         await backend.close()

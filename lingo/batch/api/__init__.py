@@ -82,7 +82,11 @@ class BatchApi:
         self.runner.start()
 
     async def stop(self, grace: float) -> None:
+        """Stop running batches (before the queues close, so queued lines stay pending, not failed)."""
         await self.runner.stop(grace)
+
+    async def close(self) -> None:
+        """Close the database connections (after the proxy stopped answering API calls)."""
         await self.store.close()
 
 
