@@ -165,6 +165,9 @@ def publish(figures: dict, results: Path, docs: bool) -> int:
     """Write report.md (and the docs' generated part), print it; 1 if a section failed."""
     markdown = report.render(figures)
     soak_markdown = report.render_soak(figures)  # its own section of the docs, below the generated part
+    api = figures.get("batchapi")
+    if isinstance(api, dict) and "failed" not in api:  # its docs block was written by the section itself
+        markdown += "\n" + batchapi.render(api)
     (results / "report.md").write_text(markdown + soak_markdown)
     if docs:
         # `--only soak` / `--only batchapi` keep the other sections' figures (those write their own blocks)
