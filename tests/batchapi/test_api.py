@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -12,6 +13,7 @@ import openai
 import orjson
 import pytest
 
+from lingo.batch.handler import RetryPolicy
 from tests.batchapi.support import chat_line, jsonl, read_lines, upload, wait_batch
 from tests.conftest import StartLingo
 from tests.faults.support import scrape
@@ -223,7 +225,7 @@ async def test_lists_paginate_with_after_limit_and_has_more(
 async def test_expired_batch_returns_finished_lines_and_lists_the_rest_as_expired(
     start_lingo: StartLingo, database_url: str, tmp_path: Path
 ) -> None:
-    settings = fast(database_url, tmp_path, batch_api_concurrency=1, batch_api_window=1.5)
+    settings = fast(database_url, tmp_path, batch_api_concurrency=1, batch_api_window=3.0)
     lingo = await start_lingo(SLOW_MODELS, **settings)
     client = client_for(lingo)
     file_id = await upload(client, [chat_line(f"e-{i}") for i in range(40)])
@@ -300,3 +302,36 @@ async def test_files_and_batches_are_visible_only_to_the_key_that_created_them(
         await bob.files.content(done.output_file_id)
     with pytest.raises(openai.AuthenticationError):
         await client_for(lingo, "wrong").files.list()
+
+
+async def test_transient_backend_failures_are_retried_with_backoff_until_the_line_succeeds(
+    start_lingo: StartLingo, tmp_path: Path
+) -> None:
+    flaky = MODELS.replace('"{port}"]', '"{port}", --fail-first, "2"]').replace(
+        "min_replicas: 0", "min_replicas: 1"
+    )
+    lingo = await start_lingo(
+        flaky, backend_retries=0, **fast(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path)
+    )
+    runner = lingo.batch_api.runner  # short pauses between attempts, so the test stays quick
+    runner.settings = replace(runner.settings, retry=RetryPolicy(max_attempts=3, base=0.05, cap=0.1))
+    client = client_for(lingo)
+    file_id = await upload(client, [chat_line("only")])
+    batch = await client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = await wait_batch(client, batch.id, ("completed",))
+    assert done.request_counts is not None and done.request_counts.completed == 1
+    [line] = await read_lines(client, done.output_file_id)
+    assert line["response"]["status_code"] == 200
+    async with aiohttp.ClientSession() as session:
+        samples = await scrape(session, lingo.url("metrics"))
+    assert samples[("lingo_batch_job_lines_total", (("outcome", "retried"),))] == 2
+
+
+async def test_an_upload_beyond_the_body_limit_gets_413(start_lingo: StartLingo, tmp_path: Path) -> None:
+    lingo = await start_lingo(MODELS, data_dir=str(tmp_path / "data"), max_body=10_000)
+    client = client_for(lingo)
+    with pytest.raises(openai.APIStatusError) as error:
+        await upload(client, [chat_line(f"big-{i}", content="x" * 100) for i in range(100)])
+    assert error.value.status_code == 413
