@@ -120,12 +120,14 @@ class Lingo:
         if self.batch is not None:
             await self.batch.stop(grace)
         if self.batch_api is not None:
-            await self.batch_api.stop(max(0.0, deadline - loop.time()))
+            self.batch_api.halt()  # before the queues close: lines still queued stay pending, not failed
         if self.proxy is not None:
             self.proxy.stop_accepting()
         self.registry.close_all(ShuttingDown("lingo is shutting down; retry on another replica"))
         while any(q.in_flight for q in self.registry.queues.values()) and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        if self.batch_api is not None:
+            await self.batch_api.stop(max(0.0, deadline - loop.time()))
         if self.proxy is not None:
             await self.proxy.close(max(0.0, deadline - loop.time()))
         await self.autoscaler.stop()

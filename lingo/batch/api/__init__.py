@@ -81,8 +81,12 @@ class BatchApi:
                 raise ConfigError(f"cannot open LINGO_DATABASE_URL={shown!r}: {exc}") from None
         self.runner.start()
 
+    def halt(self) -> None:
+        """Stop claiming and dispatching; lines in flight go on (call before the queues close)."""
+        self.runner.halt()
+
     async def stop(self, grace: float) -> None:
-        """Stop running batches (before the queues close, so queued lines stay pending, not failed)."""
+        """Wait (up to `grace`) for lines in flight, record their results, give the leases back."""
         await self.runner.stop(grace)
 
     async def close(self) -> None:

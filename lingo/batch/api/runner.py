@@ -180,16 +180,21 @@ class BatchRunner:
         if job is not None:
             job.halt("cancel")
 
-    async def stop(self, grace: float) -> None:
-        """Stop claiming and dispatching; let lines in flight finish (up to `grace`), record them,
-        and give the leases back so another process can continue at once."""
+    def halt(self) -> None:
+        """Stop claiming and dispatching at once; lines in flight go on."""
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
         for job in self.jobs.values():
             job.halt("shutdown")
+
+    async def stop(self, grace: float) -> None:
+        """Halt, let lines in flight finish (up to `grace`), record them, and give the leases back
+        so another process can continue at once."""
+        self.halt()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         if self._job_tasks:
             _, pending = await asyncio.wait(self._job_tasks, timeout=grace)
             for task in pending:
