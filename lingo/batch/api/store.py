@@ -417,7 +417,7 @@ class BatchStore:
                 ],
             )
             for batch_id in {result.batch_id for result in results}:
-                counts = dict(
+                counts: dict[str, int] = dict(
                     (
                         await connection.execute(
                             select(lines.c.state, func.count())
