@@ -159,6 +159,7 @@ class BatchRunner:
         self.max_wait = max_wait
         #: This process's identity in leases.
         self.runner_id = f"{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(4)}"
+        #: Batches running in this process, by id.
         self.jobs: dict[str, _Job] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -208,6 +209,7 @@ class BatchRunner:
     async def _loop(self) -> None:
         backoff = Backoff(0.5, 30.0)
         while True:
+            self._wake.clear()  # before looking: a wake during the look is not lost
             try:
                 if self.store.ready:
                     await self._refresh_gauge()
@@ -221,7 +223,6 @@ class BatchRunner:
             except Exception as exc:
                 delay = backoff.next()
                 log.warning("claiming batches failed", extra={"error": repr(exc), "delay": round(delay, 2)})
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
