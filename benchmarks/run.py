@@ -2,10 +2,10 @@
 
 Sections: proxy overhead (+ uvloop experiment, hey cross-check), py-spy profile at c=64, streaming,
 cold start while holding 10,000 requests, batch when `benchmarks/batch.py` exists, priority classes
-under a saturating batch and under overload, and a soak (mixed HTTP + batch for minutes). Each
-section is bounded in time; one that fails is reported as failed and the others still run. The soak
-and the priorities have their own blocks of docs/benchmarks.md, below the generated part, so
-`--only soak` or `--only priorities` leaves the other figures there alone.
+under a saturating batch and under overload, the Batches API, and a soak (mixed HTTP + batch for
+minutes). Each section is bounded in time; one that fails is reported as failed and the others still
+run. The soak, the priorities and the Batches API have their own blocks of docs/benchmarks.md, below
+the generated part, so `--only soak` (or priorities, batchapi) leaves the other figures there alone.
 
 Raw results go to `benchmarks/results/<UTC stamp>/` (git-ignored): results.json, report.md, wrk
 output, py-spy samples and flame graph, server logs. The report also replaces the generated part of
@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import coldstart, overhead, priorities, report, soak, streaming, targets
+from benchmarks import batchapi, coldstart, overhead, priorities, report, soak, streaming, targets
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("wrk", "hey", "nginx", "haproxy", "taskset")
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=("overhead", "streaming", "coldstart", "batch", "priorities", "soak"),
+        choices=("overhead", "streaming", "coldstart", "batch", "priorities", "batchapi", "soak"),
         help="run only these sections (repeatable; overhead includes the profile)",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per run (default 5)")
@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=20.0,
         help="interactive / overload traffic per priorities run in seconds (default 20)",
+    )
+    parser.add_argument(
+        "--batchapi-lines", type=int, default=10_000, help="lines of the Batches API batch (default 10000)"
     )
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--render", metavar="RESULTS_JSON", help="only redo the report from a results.json")
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "coldstart": lambda: coldstart.run(workdir, results, args.rounds),
         "batch": lambda: run_batch(results),
         "priorities": lambda: priorities.run(workdir, args.priorities_seconds),
+        "batchapi": lambda: batchapi.run(workdir, args.batchapi_lines, docs=not args.no_docs),
         "soak": lambda: soak.run(workdir, args.soak_seconds),
     }
     for name, section in sections.items():
@@ -168,12 +172,15 @@ def publish(figures: dict, results: Path, docs: bool) -> int:
     """Write report.md (and the docs' generated part), print it; 1 if a section failed."""
     markdown = report.render(figures)
     soak_markdown = report.render_soak(figures)  # its own section of the docs, below the generated part
-    # The priorities figures have their own block of the docs too.
+    # The priorities and Batches API figures have their own blocks of the docs.
     priorities_markdown = "\n" + priorities.render(figures["priorities"]) if "priorities" in figures else ""
+    api = figures.get("batchapi")
+    if isinstance(api, dict) and "failed" not in api:  # its docs block was written by the section itself
+        markdown += "\n" + batchapi.render(api)
     (results / "report.md").write_text(markdown + soak_markdown + priorities_markdown)
     if docs:
-        # `--only soak` / `--only priorities` keep the other sections' figures.
-        if set(figures) - {"machine", "soak", "priorities"}:
+        # `--only soak` / `--only priorities` / `--only batchapi` keep the other sections' figures.
+        if set(figures) - {"machine", "soak", "priorities", "batchapi"}:
             report.update_docs(ROOT / "docs" / "benchmarks.md", markdown)
         if "priorities" in figures:
             priorities.update_docs(ROOT / "docs" / "benchmarks.md", figures["priorities"])

@@ -82,6 +82,8 @@ class Lingo:
             ready=lambda: self._ready and self.platform.synced(),
             streams=lambda: self.batch.streams if self.batch is not None else (),
         )
+        #: The OpenAI Files and Batches API (`lingo.batch.api.BatchApi`).
+        self.batch_api: Any = None
         self.forwarder: Forwarder | None = None
         self.proxy: ProxyServer | None = None
         self._runners: dict[str, web.AppRunner] = {}
@@ -100,6 +102,12 @@ class Lingo:
             from lingo.batch import BatchStreams
 
             self.batch = BatchStreams.from_settings(s, self.registry, self.forwarder, self.metrics)
+        from lingo.batch.api import BatchApi
+
+        self.batch_api = BatchApi(s, self.registry, self.forwarder, self.metrics)
+        await self.batch_api.start()
+        self.status.jobs = self.batch_api.running_jobs
+        handler.own_routes = (self.batch_api.handles, self.batch_api)
         await self._listen("health", self._health_app(), s.health_address)
         await self._listen("metrics", self._metrics_app(), s.metrics_address)
         await self._listen("stats", self._stats_app(), s.stats_address)
@@ -127,17 +135,23 @@ class Lingo:
         deadline = loop.time() + grace
         if self.batch is not None:
             await self.batch.stop(grace)
+        if self.batch_api is not None:
+            self.batch_api.halt()  # before the queues close: lines still queued stay pending, not failed
         if self.proxy is not None:
             self.proxy.stop_accepting()
         self.registry.close_all(ShuttingDown("lingo is shutting down; retry on another replica"))
         while any(q.in_flight for q in self.registry.queues.values()) and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        if self.batch_api is not None:
+            await self.batch_api.stop(max(0.0, deadline - loop.time()))
         if self.proxy is not None:
             await self.proxy.close(max(0.0, deadline - loop.time()))
         await self.autoscaler.stop()
         await self.platform.stop()
         if self.forwarder is not None:
             await self.forwarder.pool.close()
+        if self.batch_api is not None:
+            await self.batch_api.close()
         for runner in self._runners.values():
             await runner.cleanup()
         log.info("lingo stopped")

@@ -343,6 +343,62 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "ConfigMap where the autoscaler keeps its moving averages across restarts.",
     ),
+    Setting(
+        "database_url",
+        "--database-url",
+        "LINGO_DATABASE_URL",
+        "",
+        str,
+        "Batches API state: sqlite:///PATH or postgresql://… (default: sqlite under LINGO_DATA_DIR).",
+    ),
+    Setting(
+        "data_dir",
+        "--data-dir",
+        "LINGO_DATA_DIR",
+        "./lingo-data",
+        str,
+        "Folder of the default SQLite database of the Batches API.",
+    ),
+    Setting(
+        "batch_api_concurrency",
+        "--batch-api-concurrency",
+        "LINGO_BATCH_API_CONCURRENCY",
+        "64",
+        parse_positive_int,
+        "Lines of one Batches API batch in flight at once.",
+    ),
+    Setting(
+        "batch_api_max_jobs",
+        "--batch-api-max-jobs",
+        "LINGO_BATCH_API_MAX_JOBS",
+        "4",
+        parse_positive_int,
+        "Batches one lingo process runs at once.",
+    ),
+    Setting(
+        "batch_api_lease",
+        "--batch-api-lease",
+        "LINGO_BATCH_API_LEASE",
+        "30s",
+        parse_duration,
+        "How long a process's claim on a batch lasts unless renewed; another takes over after it.",
+    ),
+    Setting(
+        "batch_api_poll_interval",
+        "--batch-api-poll-interval",
+        "LINGO_BATCH_API_POLL_INTERVAL",
+        "1s",
+        parse_duration,
+        "How often a process looks for batches to run (new ones on this process start at once).",
+    ),
+    Setting(
+        "batch_api_window",
+        "--batch-api-window",
+        "LINGO_BATCH_API_WINDOW",
+        "24h",
+        parse_duration,
+        "Time from a batch's creation to its expiry (the API says 24h; shorter for tests only).",
+    ),
 )
 
 
@@ -378,6 +434,13 @@ class Settings:
     pod_name: str = ""
     lease_name: str = "lingo-leader"
     state_configmap: str = "lingo-autoscaler"
+    database_url: str = ""
+    data_dir: str = "./lingo-data"
+    batch_api_concurrency: int = 64
+    batch_api_max_jobs: int = 4
+    batch_api_lease: float = 30.0
+    batch_api_poll_interval: float = 1.0
+    batch_api_window: float = 86400.0
 
     def resolved_platform(self, environ: Mapping[str, str] | None = None) -> str:
         """The platform to run: the setting, else kubernetes inside a cluster, else local."""
@@ -419,6 +482,10 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     settings = Settings(**values)
     if settings.autoscaling_interval <= 0:
         raise ConfigError("invalid AUTOSCALING_INTERVAL: must be more than 0")
+    if settings.batch_api_lease <= 0:
+        raise ConfigError("invalid LINGO_BATCH_API_LEASE: must be more than 0")
+    if settings.batch_api_poll_interval <= 0:
+        raise ConfigError("invalid LINGO_BATCH_API_POLL_INTERVAL: must be more than 0")
     if settings.autoscaling_time_window < settings.autoscaling_interval:
         raise ConfigError("invalid AUTOSCALING_TIME_WINDOW: must be at least AUTOSCALING_INTERVAL")
     return settings

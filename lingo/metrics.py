@@ -145,6 +145,18 @@ class Metrics:
             ["stream"],
             registry=self.prometheus,
         )
+        self.batch_jobs = Gauge(
+            "lingo_batch_jobs",
+            "Batches API batches by status, as stored in the database.",
+            ["status"],
+            registry=self.prometheus,
+        )
+        self.batch_job_lines = Counter(
+            "lingo_batch_job_lines",
+            "Batches API lines run by this process, by outcome (completed|failed|retried).",
+            ["outcome"],
+            registry=self.prometheus,
+        )
         self.prometheus.register(QueueCollector(registry, desired))
 
     def observe_request(self, model: str, source: str, code: int, duration: float, klass: str) -> None:

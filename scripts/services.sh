@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start the brokers the tests talk to (NATS with JetStream, RabbitMQ) when they are not running,
+# Start the services the tests talk to (NATS with JetStream, RabbitMQ, PostgreSQL) when they are not running,
 # installing them from Debian's packages where missing. The Pub/Sub emulator is started by the tests.
 # Also installs the tools tests start themselves: Prometheus (dashboard and alert queries) and
 # headless Chromium with its WebDriver (the status page).
@@ -40,4 +40,20 @@ command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing+=(chromium
 command -v chromedriver >/dev/null || [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}" && echo "services: installed ${missing[*]}"
+fi
+
+# PostgreSQL for the Batches API tests: trust auth on 127.0.0.1, a database named `test`.
+if ! listening 5432; then
+  command -v pg_ctlcluster >/dev/null || apt_install postgresql
+  version=$(ls /usr/lib/postgresql | sort -V | tail -1)
+  pg_lsclusters -h | grep -q "^$version main" || pg_createcluster "$version" main >/dev/null
+  hba="/etc/postgresql/$version/main/pg_hba.conf"
+  if ! grep -q "^host all all 127.0.0.1/32 trust" "$hba"; then
+    printf 'local all all trust\nhost all all 127.0.0.1/32 trust\n' > "$hba"
+  fi
+  pg_ctlcluster "$version" main start
+  wait_port 5432 postgresql
+  psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
+    || psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE test" >/dev/null
+  echo "services: started postgresql $version on 127.0.0.1:5432"
 fi

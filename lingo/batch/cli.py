@@ -86,6 +86,11 @@ def _collect_arguments(parser: argparse.ArgumentParser) -> None:
         "-o", "--output", required=True, help="JSONL file of OpenAI batch results ('-': stdout)"
     )
     parser.add_argument(
+        "--errors",
+        help="JSONL file for failed requests (default: beside OUTPUT, e.g. out.errors.jsonl; "
+        "with OUTPUT '-' failures stay in OUTPUT)",
+    )
+    parser.add_argument(
         "--timeout", default="1h", help="stop collecting after this long (e.g. 90s, 30m; default 1h)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -122,9 +127,11 @@ async def _run_async(args: argparse.Namespace) -> int:
     timeout = _timeout(args.timeout)
     progress = Progress(len(items), quiet=args.quiet)
     async with _subscription(args.responses) as subscription, _publisher(args.requests) as publisher:
-        with _output(args.output) as output:
-            result = await run_batch(items, publisher, subscription, output, progress, timeout=timeout)
-    return _report(progress, result)
+        with _output(args.output) as output, _errors(args) as errors:
+            result = await run_batch(
+                items, publisher, subscription, output, progress, timeout=timeout, errors=errors
+            )
+            return _report(progress, result, errors)
 
 
 async def _publish_async(args: argparse.Namespace) -> int:
@@ -141,18 +148,21 @@ async def _collect_async(args: argparse.Namespace) -> int:
     expected = {item.custom_id for item in read_items(_lines(args.input))} if args.input else None
     if expected is None and args.count is None:
         raise ConfigError("collect needs --input (to know what to wait for) or --count")
-    progress = Progress(len(expected) if expected is not None else args.count, quiet=args.quiet)
+    total = len(expected) if expected is not None else args.count
+    progress = Progress(total, quiet=args.quiet, publishing=False)
     async with _subscription(args.responses) as subscription:
-        with _output(args.output) as output:
+        with _output(args.output) as output, _errors(args) as errors:
             result = await collect_responses(
-                subscription, output, progress, expected, args.count, _timeout(args.timeout)
+                subscription, output, progress, expected, args.count, _timeout(args.timeout), errors
             )
-    return _report(progress, result)
+            return _report(progress, result, errors)
 
 
-def _report(progress: Progress, result: CollectResult) -> int:
+def _report(progress: Progress, result: CollectResult, errors: _LazyFile | None) -> int:
     progress.finish()
     print(progress.summary(result.missing), file=sys.stderr)
+    if errors is not None and errors.opened:
+        print(f"failed requests written to {errors.path}", file=sys.stderr)
     if result.duplicates or result.foreign:
         print(
             f"skipped {result.duplicates} duplicate answer(s) and {result.foreign} answer(s) to others",
@@ -190,6 +200,54 @@ def _output(path: str) -> Iterator[IO[bytes]]:
         raise InputError(f"cannot write {path}: {exc.strerror}") from None
     with file:
         yield file
+
+
+class _LazyFile:
+    """A file created on its first write, so a run without failures leaves no empty error file."""
+
+    def __init__(self, path: Path) -> None:
+        #: Where the file goes.
+        self.path = path
+        self._file: IO[bytes] | None = None
+
+    @property
+    def opened(self) -> bool:
+        return self._file is not None
+
+    def write(self, data: bytes) -> int:
+        if self._file is None:
+            try:
+                self._file = self.path.open("wb")
+            except OSError as exc:
+                raise InputError(f"cannot write {self.path}: {exc.strerror}") from None
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def error_path(output: str) -> Path:
+    """Where failures go by default: `out.jsonl` → `out.errors.jsonl`."""
+    path = Path(output)
+    return path.with_name(f"{path.stem}.errors{path.suffix or '.jsonl'}")
+
+
+@contextlib.contextmanager
+def _errors(args: argparse.Namespace) -> Iterator[Any]:
+    """The error file of a run or collect (None: failures stay in the output)."""
+    if args.errors is None and args.output == "-":
+        yield None
+        return
+    errors = _LazyFile(Path(args.errors) if args.errors else error_path(args.output))
+    try:
+        yield errors
+    finally:
+        errors.close()
 
 
 @contextlib.asynccontextmanager

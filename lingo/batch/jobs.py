@@ -75,6 +75,10 @@ def _item(document: dict[str, Any], number: int) -> BatchItem:
             "body": document.get("body"),
         }
         return BatchItem(custom_id, orjson.dumps(envelope))
+    if "url" in document or "method" in document:
+        raise InputError(
+            f"line {number}: custom_id is missing: an OpenAI batch line needs a unique custom_id string"
+        )
     metadata = document.get("metadata")
     if "body" not in document or not isinstance(metadata, dict | None):
         raise InputError(
@@ -113,9 +117,15 @@ def result_line(data: bytes, attributes: dict[str, str]) -> tuple[str | None, di
 class Progress:
     """A progress line on stderr: redrawn in place on a terminal, printed now and then otherwise."""
 
-    def __init__(self, total: int | None, stream: IO[str] | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self, total: int | None, stream: IO[str] | None = None, quiet: bool = False, publishing: bool = True
+    ) -> None:
         #: Requests expected, when known.
         self.total = total
+        #: False for `collect`, which publishes nothing (its line shows no publish count).
+        self.publishing = publishing
+        #: custom_ids answered with an error status (400 or more, or none).
+        self.failed: list[str] = []
         #: Requests published so far.
         self.published = 0
         #: Distinct requests answered so far.
@@ -145,7 +155,9 @@ class Progress:
     def render(self, now: float | None = None) -> str:
         elapsed = (now or time.monotonic()) - self._started
         total = self.total
-        parts = [f"published {self.published}" + (f"/{total}" if total is not None else "")]
+        parts = []
+        if self.publishing:
+            parts.append(f"published {self.published}" + (f"/{total}" if total is not None else ""))
         parts.append(f"answered {self.answered}" + (f"/{total}" if total is not None else ""))
         if total:
             done = min(1.0, self.answered / total)
@@ -164,10 +176,10 @@ class Progress:
         elapsed = time.monotonic() - self._started
         codes = ", ".join(f"{code}: {count}" for code, count in sorted(self.statuses.items(), key=str))
         lines = [f"answered {self.answered} request(s) in {elapsed:.1f}s" + (f" ({codes})" if codes else "")]
-        missing = sorted(missing)
-        if missing:
-            shown = ", ".join(missing[:20]) + (f", … ({len(missing) - 20} more)" if len(missing) > 20 else "")
-            lines.append(f"missing {len(missing)}: {shown}")
+        for label, ids in (("failed", sorted(self.failed)), ("missing", sorted(missing))):
+            if ids:
+                shown = ", ".join(ids[:20]) + (f", … ({len(ids) - 20} more)" if len(ids) > 20 else "")
+                lines.append(f"{label} {len(ids)}: {shown}")
         return "\n".join(lines)
 
 
@@ -221,9 +233,13 @@ async def collect_responses(
     expected: set[str] | None = None,
     count: int | None = None,
     timeout: float = 3600.0,
+    errors: IO[bytes] | None = None,
 ) -> CollectResult:
     """Write responses to `output` until every expected custom_id (or `count` responses) arrived or
-    `timeout` seconds passed. Each response is written and flushed before it is acked."""
+    `timeout` seconds passed. Each response is written and flushed before it is acked.
+
+    Failures (status 400 or more) go to `errors` when given, as OpenAI splits output and error files.
+    """
     result = CollectResult()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -245,13 +261,20 @@ async def collect_responses(
             elif expected is not None and custom_id not in expected:
                 result.foreign += 1
             else:
-                output.write(orjson.dumps(line) + b"\n")
+                status = line["response"]["status_code"]
+                failed = not isinstance(status, int) or status >= 400
+                target = errors if failed and errors is not None else output
+                target.write(orjson.dumps(line) + b"\n")
                 if custom_id is not None:
                     result.answered.add(custom_id)
+                    if failed:
+                        progress.failed.append(custom_id)
                 progress.answered += 1
-                progress.statuses[line["response"]["status_code"]] += 1
+                progress.statuses[status] += 1
         if messages:
             output.flush()
+            if errors is not None:
+                errors.flush()
         for message in messages:
             await message.ack()
         progress.update()
@@ -267,11 +290,12 @@ async def run_batch(
     output: IO[bytes],
     progress: Progress,
     timeout: float = 3600.0,
+    errors: IO[bytes] | None = None,
 ) -> CollectResult:
     """Publish `items` and collect their responses (collecting starts first, so none is missed)."""
     expected = {item.custom_id for item in items}
     collector = asyncio.create_task(
-        collect_responses(subscription, output, progress, expected, timeout=timeout)
+        collect_responses(subscription, output, progress, expected, timeout=timeout, errors=errors)
     )
     try:
         await publish_items(publisher, items, progress)

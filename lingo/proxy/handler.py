@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -44,12 +45,17 @@ class ProxyHandler:
         self.max_body = max_body
         #: Accepted bearer tokens; empty means no check.
         self.api_keys = [key.encode() for key in api_keys or []]
+        #: Paths lingo answers itself before any model lookup (the Batches API): a predicate and a handler.
+        self.own_routes: tuple[Callable[[str], bool], Callable[..., Awaitable[None]]] | None = None
 
     async def __call__(self, request: IncomingRequest, out: ResponseWriter) -> None:
         try:
             self._authorize(request)
             if request.too_large:
                 raise BodyTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
+            if self.own_routes is not None and self.own_routes[0](request.path):
+                await self.own_routes[1](request, out)
+                return
             if request.method == "GET":
                 path = request.path.rstrip("/")
                 if path in ("/v1/models", "/models"):

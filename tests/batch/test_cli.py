@@ -87,10 +87,14 @@ async def test_lingo_batch_run_against_nats_writes_a_complete_output_file(
         report = stderr.decode()
 
         assert process.returncode == 0, report
+        errors = tmp_path / "output.errors.jsonl"  # failures beside the output, as OpenAI splits them
         check_output(
-            output.read_bytes().splitlines(), {f"req-{i}" for i in range(20)} | {"env-1", "bad-path"}
+            output.read_bytes().splitlines() + errors.read_bytes().splitlines(),
+            {f"req-{i}" for i in range(20)} | {"env-1", "bad-path"},
         )
+        assert [orjson.loads(line)["custom_id"] for line in errors.read_bytes().splitlines()] == ["bad-path"]
         assert "answered 22 request(s)" in report and "200: 21, 400: 1" in report
+        assert "failed 1: bad-path" in report and f"failed requests written to {errors}" in report
     finally:
         await kit.cleanup()
 
@@ -124,6 +128,8 @@ async def test_lingo_batch_collect_names_the_missing_custom_ids_when_it_times_ou
 
         assert process.returncode == 1
         assert "missing 4: bad-path, env-1, req-0, req-1" in stderr.decode()
+        assert "published" not in stderr.decode()  # collect publishes nothing
+        assert not (tmp_path / "out.errors.jsonl").exists()
     finally:
         await kit.cleanup()
 

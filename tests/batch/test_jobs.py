@@ -43,7 +43,9 @@ def test_envelope_lines_keep_their_metadata_and_get_a_custom_id_where_missing() 
         ([b"[]"], "line 1: not a JSON object"),
         ([b'{"custom_id": "a", "method": "GET", "url": "/v1/models"}'], "method must be POST"),
         ([b'{"custom_id": 5}'], "custom_id must be"),
-        ([b'{"url": "/v1/completions"}'], "neither"),
+        ([b'{"url": "/v1/completions"}'], "line 1: custom_id is missing"),
+        ([b'{"method": "POST", "url": "/v1/completions", "body": {"model": "m"}}'], "custom_id is missing"),
+        ([b'{"body": {"model": "m"}, "metadata": 3}'], "neither"),
         ([b'{"custom_id": "a", "body": {}}', b'{"custom_id": "a", "body": {}}'], "line 2: custom_id 'a'"),
     ],
 )
@@ -76,3 +78,13 @@ def test_progress_shows_counts_and_the_summary_names_missing_ids() -> None:
     summary = progress.summary({"r-9"})
     assert "answered 3 request(s)" in summary and "200: 2, 404: 1" in summary
     assert "missing 1: r-9" in summary
+
+
+def test_the_summary_names_failed_custom_ids_and_collect_shows_no_publish_count() -> None:
+    out = io.StringIO()
+    progress = Progress(3, stream=out, publishing=False)
+    progress.answered = 3
+    progress.failed.extend(["r-2", "r-1"])
+    progress.finish()
+    assert "published" not in out.getvalue() and "answered 3/3" in out.getvalue()
+    assert "failed 2: r-1, r-2" in progress.summary()

@@ -18,10 +18,19 @@ NOT_IN_CHART = {
 # Settings the chart renders only when a values key asks for them: env -> values set that does.
 ONLY_WHEN_SET = {
     "LINGO_API_KEYS": "apikeys",  # from apiKeys.existingSecret; without it the check is off
+    "LINGO_DATABASE_URL": "database",  # from database.existingSecret; without it SQLite on the data volume
 }
 
 # What the chart decides itself, whatever the values: these differ from the code's defaults on purpose.
-FIXED_BY_CHART = {"platform", "namespace", "peer_service", "pod_name", "lease_name", "state_configmap"}
+FIXED_BY_CHART = {
+    "platform",
+    "namespace",
+    "peer_service",
+    "pod_name",
+    "lease_name",
+    "state_configmap",
+    "data_dir",  # the mount point of the data volume
+}
 
 
 def load(manifests) -> config.Settings:
