@@ -110,7 +110,7 @@ class StatusFacts:
     def _codes(self, group: str) -> dict[str, int]:
         """Answered requests of the group by status code, HTTP and batch together."""
         codes: dict[str, int] = {}
-        for (model, _source, code), count in self.metrics.requests.requests.items():
+        for (model, _source, _class, code), count in self.metrics.requests.requests.items():
             if model == group:
                 codes[code] = codes.get(code, 0) + count
         return dict(sorted(codes.items()))
