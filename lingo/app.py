@@ -162,7 +162,8 @@ class Lingo:
             raise ConfigError(
                 f"cannot listen for {name} on {address[0]}:{address[1]}: {exc.strerror}"
             ) from None
-        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
+        server = site._server
+        sockets = server.sockets if isinstance(server, asyncio.Server) else []
         bound = sockets[0].getsockname() if sockets else address
         self.addresses[name] = (address[0], int(bound[1]))
         self._runners[name] = runner

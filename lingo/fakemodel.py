@@ -151,8 +151,11 @@ class FakeModel:
                     "choices": [choice],
                 }
                 await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-            final: dict = {"index": 0, "finish_reason": "length", "logprobs": None}
-            final.update({"delta": {}} if chat else {"text": ""})
+            final: dict[str, object] = {"index": 0, "finish_reason": "length", "logprobs": None}
+            if chat:
+                final["delta"] = {}
+            else:
+                final["text"] = ""
             done = {
                 "id": ident,
                 "object": f"{kind}.chunk" if chat else kind,

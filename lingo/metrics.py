@@ -33,7 +33,8 @@ class _Histogram:
         self.total += value
 
     def buckets(self) -> list[tuple[str, float]]:
-        cumulative, out = 0, []
+        cumulative = 0
+        out: list[tuple[str, float]] = []
         for bound, count in zip((*_DURATION_BUCKETS, float("inf")), self.counts, strict=True):
             cumulative += count
             out.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
@@ -64,8 +65,8 @@ class RequestCollector(Collector):
             "Time from arrival to the end of the answer.",
             labels=["model", "source"],
         )
-        for labels, histogram in sorted(self.durations.items()):
-            durations.add_metric(list(labels), histogram.buckets(), histogram.total)
+        for pair, histogram in sorted(self.durations.items()):
+            durations.add_metric(list(pair), histogram.buckets(), histogram.total)
         waits = HistogramMetricFamily(
             "lingo_queue_wait_seconds", "Time a request waited for an endpoint slot.", labels=["model"]
         )

@@ -131,7 +131,7 @@ class ModelQueue:
                     self.retired[url] = endpoint
         for url in wanted:
             if url not in self.endpoints:
-                self.endpoints[url] = self.retired.pop(url, None) or Endpoint(url)
+                self.endpoints[url] = self.retired.pop(url) if url in self.retired else Endpoint(url)
         self._dispatch()
 
     def in_flight_on(self, url: str) -> int:

@@ -170,8 +170,8 @@ class MessageHandler:
             return error.status, error.body()
         except OSError as exc:
             # The backend failed while sending its answer: worth another attempt, like a 502.
-            error = BackendUnreachable(f"model group {queue.group.name!r} failed mid-response: {exc!r}")
-            return error.status, error.body()
+            failed = BackendUnreachable(f"model group {queue.group.name!r} failed mid-response: {exc!r}")
+            return failed.status, failed.body()
 
     async def _respond(self, delivery: Delivery, answer: Answer, started: float) -> None:
         message = delivery.message

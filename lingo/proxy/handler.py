@@ -63,8 +63,8 @@ class ProxyHandler:
             return
         queue = self.registry.lookup(model)
         if queue is None:
-            error = ModelNotFound(f"The model `{model}` does not exist or is not served by this lingo.")
-            out.send(*error_parts(error))
+            missing = ModelNotFound(f"The model `{model}` does not exist or is not served by this lingo.")
+            out.send(*error_parts(missing))
             return
         await self._forward(request, out, queue)
 
