@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from lingo.access_log import AccessLog
 from lingo.autoscaler import Autoscaler
 from lingo.config import ConfigError, Settings
 from lingo.errors import ShuttingDown
@@ -71,6 +72,8 @@ class Lingo:
         self.proxy: ProxyServer | None = None
         self._runners: dict[str, web.AppRunner] = {}
         self._ready = False
+        #: True from SIGTERM on: /readyz fails while lingo still serves (endpoint removal window).
+        self.shutting_down = False
         self._stopped = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -80,7 +83,9 @@ class Lingo:
         self.forwarder = Forwarder(UpstreamPool(), s.backend_retries, s.max_wait)
         # An endpoint that left (pod gone, replica stopped) must not leave stale pooled connections.
         self.registry.on_endpoint_removed = self.forwarder.pool.forget_endpoint
-        handler = ProxyHandler(self.registry, self.forwarder, self.metrics, s.max_body, s.api_keys)
+        handler = ProxyHandler(
+            self.registry, self.forwarder, self.metrics, s.max_body, s.api_keys, AccessLog(s.access_log)
+        )
         if s.messengers:  # parsed before anything listens, so a bad URL fails start-up at once
             from lingo.batch import BatchStreams
 
@@ -101,8 +106,19 @@ class Lingo:
         self._ready = True
         log.info("lingo started", extra={name: f"{h}:{p}" for name, (h, p) in self.addresses.items()})
 
+    async def leave(self) -> None:
+        """Fail /readyz but keep serving for `shutdown_delay`: load balancers (a Service's
+        endpoints) notice only some time after SIGTERM, and keep sending requests until then.
+        Answers carry `Connection: close` meanwhile, so clients reconnect to the replicas that stay."""
+        self.shutting_down = True
+        self._ready = False
+        if self.proxy is not None:
+            self.proxy.draining = True
+        await asyncio.sleep(self.settings.shutdown_delay)
+
     async def stop(self) -> None:
-        """Stop accepting, answer queued requests 503, let in-flight ones finish, stop replicas."""
+        """Stop accepting; let in-flight and queued requests finish within `shutdown_grace`
+        (what still waits then gets 503); then stop the autoscaler, the platform and replicas."""
         if self._stopped.is_set():
             return
         self._stopped.set()
@@ -110,15 +126,17 @@ class Lingo:
         grace = self.settings.shutdown_grace
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        if self.batch is not None:
-            await self.batch.stop(grace)
         if self.proxy is not None:
             self.proxy.stop_accepting()
-        self.registry.close_all(ShuttingDown("lingo is shutting down; retry on another replica"))
-        while any(q.in_flight for q in self.registry.queues.values()) and loop.time() < deadline:
+        if self.batch is not None:
+            await self.batch.stop(grace)
+        queues = self.registry.queues
+        while any(q.active for q in queues.values()) and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        self.registry.close_all(ShuttingDown("lingo is shutting down; retry on another replica"))
         if self.proxy is not None:
-            await self.proxy.close(max(0.0, deadline - loop.time()))
+            # A moment past the grace, so the 503s just decided are written before connections close.
+            await self.proxy.close(max(1.0, deadline - loop.time()))
         await self.autoscaler.stop()
         await self.platform.stop()
         if self.forwarder is not None:
@@ -136,7 +154,11 @@ class Lingo:
         try:
             await self.start()
             await stop.wait()
-            log.info("signal received; shutting down", extra={"grace": self.settings.shutdown_grace})
+            log.info(
+                "signal received; shutting down",
+                extra={"delay": self.settings.shutdown_delay, "grace": self.settings.shutdown_grace},
+            )
+            await self.leave()
         finally:
             await self.stop()
 

@@ -50,6 +50,7 @@ async def _run(port: int) -> None:
             autoscaling_interval=1.0,
             autoscaling_time_window=10.0,
             shutdown_grace=5.0,
+            shutdown_delay=0.0,  # nothing balances onto the demo: stop at once on Ctrl-C
             log_level="WARNING",
         )
         lingo = Lingo(settings)
