@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from typing import Any
 
@@ -24,6 +25,11 @@ from lingo.proxy.upstream import UpstreamPool
 from lingo.registry import Registry
 
 log = logging.getLogger(__name__)
+
+
+def socket_error(exc: OSError) -> str:
+    """The system's short reason (`Address already in use`), not asyncio's long wrapper text."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 def build_platform(settings: Settings) -> Platform:
@@ -100,7 +106,7 @@ class Lingo:
             self.addresses["proxy"] = await self.proxy.start(*s.proxy_address)
         except OSError as exc:
             host, port = s.proxy_address
-            raise ConfigError(f"cannot listen for proxy on {host}:{port}: {exc.strerror}") from None
+            raise ConfigError(f"cannot listen for proxy on {host}:{port}: {socket_error(exc)}") from None
         if self.batch is not None:
             await self.batch.start()
         self._ready = True
@@ -182,7 +188,7 @@ class Lingo:
         except OSError as exc:
             await runner.cleanup()
             raise ConfigError(
-                f"cannot listen for {name} on {address[0]}:{address[1]}: {exc.strerror}"
+                f"cannot listen for {name} on {address[0]}:{address[1]}: {socket_error(exc)}"
             ) from None
         server = site._server
         sockets = server.sockets if isinstance(server, asyncio.Server) else []

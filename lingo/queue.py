@@ -98,6 +98,8 @@ class ModelQueue:
         self._in_flight = 0
         self._rotation = 0
         self._closed: LingoError | None = None
+        #: Why the platform cannot start a replica right now (told to clients whose wait ends), or None.
+        self.start_error: str | None = None
 
     # -- counts read by the autoscaler, metrics and /stats -------------------------------------------
 
@@ -186,8 +188,9 @@ class ModelQueue:
                 self._queued[priority] -= 1
                 self._compact(waiters, priority)
             if isinstance(exc, TimeoutError):
+                reason = f"; a replica cannot start: {self.start_error}" if self.start_error else ""
                 raise NoEndpoint(
-                    f"no ready endpoint for model group {self.group.name!r} within {timeout:g}s",
+                    f"no ready endpoint for model group {self.group.name!r} within {timeout:g}s{reason}",
                     retry_after=NO_ENDPOINT_RETRY_AFTER,
                 ) from None
             raise

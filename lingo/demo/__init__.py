@@ -9,7 +9,7 @@ from importlib import resources
 
 from lingo import logs
 from lingo.app import Lingo
-from lingo.config import Settings, parse_address
+from lingo.config import ConfigError, Settings, parse_address
 
 BANNER = """
 lingo demo is running: proxy {proxy}, metrics {metrics}/metrics
@@ -65,7 +65,14 @@ async def _run(port: int) -> None:
 
 def run(port: int = 8080) -> int:
     logs.setup("WARNING")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(port))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_run(port))
+    except ConfigError as exc:
+        print(
+            f"lingo demo: {exc} (is another lingo demo running? pick other ports with --port)",
+            file=sys.stderr,
+        )
+        return 1
     print("lingo demo stopped", file=sys.stderr)
     return 0
