@@ -1,4 +1,4 @@
-"""Prometheus metrics (names are part of the contract, SPEC §7).
+"""Prometheus metrics (their names are a stable interface: dashboards and alerts use them).
 
 Gauges of queued and in-flight work are read from the queues at scrape time, so the queue stays the
 only owner of those counts. Per-request counters and histograms are plain integers on the hot path
