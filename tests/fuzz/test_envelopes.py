@@ -1,7 +1,8 @@
 """Random request messages through each broker: every one is answered exactly once and acked once,
 refused ones with 400, and the backend never sees a path outside the allowed list.
 
-What each message deserves is worked out here from the envelope rules in docs/batch.md alone (`expect`), not with lingo's parser.
+What each message deserves is worked out here from the envelope rules in docs/batch.md alone
+(`expect`), not with lingo's parser.
 Responses are matched to requests by their `request_message_id` attribute: the id the broker gave the
 request when the test published it. One lingo runs on its own loop in a thread (`LingoThread`), with a
 recording HTTP server as its only (static) model; broker clients run on that same loop.
@@ -47,7 +48,7 @@ EXAMPLES = {"mem": 300, "nats": 50, "rabbit": 50, "gcppubsub": 10}
 #: the server's status message and dropped it, unanswered, on every redelivery).
 STATUS_HEADER = (b'{"metadata": {"custom_id": "s"}, "body": {"model": "fuzz"}}', {"Status": "404"})
 
-# -- what a message deserves (docs/batch.md) --------------------------------------------------------------
+# -- what a message deserves (docs/batch.md) ----------------------------------------------------
 
 
 @dataclass(frozen=True)
