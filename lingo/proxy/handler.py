@@ -48,6 +48,7 @@ class ProxyHandler:
 
     async def __call__(self, request: IncomingRequest, out: ResponseWriter) -> None:
         rid = request_id(request.header(REQUEST_ID))
+        model: str | None = None
         try:
             self._authorize(request)
             if request.too_large:
@@ -55,23 +56,19 @@ class ProxyHandler:
             if request.method == "GET":
                 path = request.path.rstrip("/")
                 if path in ("/v1/models", "/models"):
-                    _send(out, rid, self._list_models())
+                    self._answer(request, out, rid, None, self._list_models())
                     return
                 if path.startswith("/v1/models/"):
-                    _send(out, rid, self._get_model(path[len("/v1/models/") :]))
+                    self._answer(request, out, rid, None, self._get_model(path[len("/v1/models/") :]))
                     return
             model = model_from_request(
                 request.header("X-Model"), request.header("Content-Type") or "", request.body
             )
+            queue = self.registry.lookup(model)
+            if queue is None:
+                raise ModelNotFound(f"The model `{model}` does not exist or is not served by this lingo.")
         except LingoError as error:
-            _send(out, rid, error_parts(error))
-            self._log_refusal(request, rid, None, error.status)
-            return
-        queue = self.registry.lookup(model)
-        if queue is None:
-            missing = ModelNotFound(f"The model `{model}` does not exist or is not served by this lingo.")
-            _send(out, rid, error_parts(missing))
-            self._log_refusal(request, rid, model, missing.status)
+            self._answer(request, out, rid, model, error_parts(error))
             return
         await self._forward(request, out, queue, model, rid)
 
@@ -137,7 +134,10 @@ class ProxyHandler:
                 out.end()
         except LingoError as error:
             code = error.status
-            _send(out, rid, error_parts(error))
+            parts = error_parts(error)
+            _send(out, rid, parts)
+            if self.access_log.enabled:
+                sink = _CountingSink(out, len(parts[2]))
         finally:
             ended = loop.time()
             self.metrics.observe_request(group, "http", code, ended - started)
@@ -164,18 +164,37 @@ class ProxyHandler:
                     }
                 )
 
-    def _log_refusal(self, request: IncomingRequest, rid: str, model: str | None, status: int) -> None:
-        """The access line of a request answered before it reached a queue."""
+    def _answer(
+        self,
+        request: IncomingRequest,
+        out: ResponseWriter,
+        rid: str,
+        model: str | None,
+        parts: tuple[int, list[tuple[str, str]], bytes],
+    ) -> None:
+        """Send an answer lingo made itself (no queue, no backend), with the request id."""
+        status, headers, body = parts
+        headers.append((REQUEST_ID, rid))
+        out.send(status, headers, body)
         if self.access_log.enabled:
             self.access_log.write(
                 {
                     "request_id": rid,
                     "source": "http",
+                    "class": "-",
                     "method": request.method,
                     "path": request.path,
                     "model": model or "-",
+                    "group": "-",
+                    "endpoint": "-",
                     "status": status,
+                    "wait": "-",
+                    "ttfb": "-",
+                    "duration": "-",
                     "bytes_in": len(request.body),
+                    "bytes_out": len(body),
+                    "attempts": 0,
+                    "streamed": False,
                 }
             )
 
