@@ -112,15 +112,17 @@ class Lingo:
         self._ready = True
         log.info("lingo started", extra={name: f"{h}:{p}" for name, (h, p) in self.addresses.items()})
 
-    async def leave(self) -> None:
-        """Fail /readyz but keep serving for `shutdown_delay`: load balancers (a Service's
-        endpoints) notice only some time after SIGTERM, and keep sending requests until then.
-        Answers carry `Connection: close` meanwhile, so clients reconnect to the replicas that stay."""
+    async def leave(self, interrupt: asyncio.Event | None = None) -> None:
+        """Fail /readyz but keep serving for `shutdown_delay` (or until `interrupt` is set): load
+        balancers (a Service's endpoints) notice only some time after SIGTERM, and keep sending
+        requests until then. Answers carry `Connection: close` meanwhile, so clients reconnect to
+        the replicas that stay."""
         self.shutting_down = True
         self._ready = False
         if self.proxy is not None:
             self.proxy.draining = True
-        await asyncio.sleep(self.settings.shutdown_delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for((interrupt or asyncio.Event()).wait(), self.settings.shutdown_delay)
 
     async def stop(self) -> None:
         """Stop accepting; let in-flight and queued requests finish within `shutdown_grace`
@@ -164,7 +166,8 @@ class Lingo:
                 "signal received; shutting down",
                 extra={"delay": self.settings.shutdown_delay, "grace": self.settings.shutdown_grace},
             )
-            await self.leave()
+            stop.clear()
+            await self.leave(interrupt=stop)  # a second signal skips the rest of the delay
         finally:
             await self.stop()
 
@@ -203,7 +206,7 @@ class Lingo:
         async def readyz(request: web.Request) -> web.Response:
             if self._ready and self.platform.synced():
                 return web.Response(text="ready")
-            return web.Response(status=503, text="not ready")
+            return web.Response(status=503, text="shutting down" if self.shutting_down else "not ready")
 
         app = web.Application()
         app.router.add_get("/healthz", healthz)

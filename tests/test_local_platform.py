@@ -201,6 +201,28 @@ async def test_sigterm_fails_readiness_keeps_serving_then_drains_and_leaves_no_c
         process.kill()
 
 
+async def test_a_second_signal_skips_the_rest_of_the_shutdown_delay(tmp_path: Path) -> None:
+    static = "models: [{name: x, endpoints: ['http://127.0.0.1:9']}]"
+    process, _, health, _ = serve(tmp_path, static, "--shutdown-delay", "60s")
+    try:
+        await wait_ready(health)
+        process.send_signal(signal.SIGTERM)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                async with session.get(health + "/readyz") as r:
+                    if r.status == 503:
+                        assert await r.text() == "shutting down"
+                        break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("/readyz kept answering 200 after SIGTERM")
+        assert process.poll() is None, "still serving within the delay"
+        process.send_signal(signal.SIGINT)  # an impatient Ctrl-C
+        assert await asyncio.to_thread(process.wait, 15) == 0
+    finally:
+        process.kill()
+
+
 async def test_requests_still_queued_when_the_drain_ends_get_503(start_lingo) -> None:
     lingo = await start_lingo(
         """
