@@ -94,3 +94,24 @@ async def test_model_command_not_on_path_is_logged_once_and_told_to_the_client(
 async def _answer(request) -> tuple[int, dict]:  # type: ignore[no-untyped-def]
     async with request as response:
         return response.status, await response.json()
+
+
+async def test_model_that_exits_before_ready_is_named_in_the_503_with_its_last_words(
+    start_lingo: StartLingo,
+) -> None:
+    lingo_ = await start_lingo(
+        """
+        models:
+          - name: crashing
+            command: [python3, -c, "import sys; sys.exit('model weights not found in /models')", "{port}"]
+        """,
+        max_wait=2.0,
+    )
+    async with aiohttp.ClientSession() as session:
+        status, body = await _answer(
+            session.post(lingo_.url() + "/v1/completions", json={"model": "crashing"})
+        )
+    assert status == 503
+    message = body["error"]["message"]
+    assert "cannot start: it exited with code 1 before it was ready" in message, message
+    assert "model weights not found in /models" in message
