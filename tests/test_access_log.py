@@ -183,3 +183,12 @@ async def test_batch_message_gets_an_access_line_and_a_request_id(
     }
     assert line["endpoint"] == backend.url and int(line["bytes_out"]) > 0
     assert backend.ids == [[line["request_id"]]], "the backend got the logged id"
+
+
+def test_log_values_are_quoted_only_when_they_must_be() -> None:
+    record = logging.makeLogRecord(
+        {"name": LOGGER, "levelname": "INFO", "msg": "access", "path": "/v1/x", "model": 'a "b"=c\nd', "id": ""}
+    )
+    line = LogfmtFormatter().format(record)
+    assert line.endswith(' path=/v1/x model="a \\"b\\"=c\\nd" id=""')
+    assert "\n" not in line
