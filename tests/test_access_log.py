@@ -186,9 +186,8 @@ async def test_batch_message_gets_an_access_line_and_a_request_id(
 
 
 def test_log_values_are_quoted_only_when_they_must_be() -> None:
-    record = logging.makeLogRecord(
-        {"name": LOGGER, "levelname": "INFO", "msg": "access", "path": "/v1/x", "model": 'a "b"=c\nd', "id": ""}
-    )
+    fields = {"path": "/v1/x", "model": 'a "b"=c\nd', "id": ""}
+    record = logging.makeLogRecord({"name": LOGGER, "levelname": "INFO", "msg": "access", **fields})
     line = LogfmtFormatter().format(record)
     assert line.endswith(' path=/v1/x model="a \\"b\\"=c\\nd" id=""')
     assert "\n" not in line
