@@ -19,7 +19,7 @@ from tests.balancer import RoundRobinBalancer
 from tests.conftest import FakeModelProcess, free_port
 
 #: Seconds a replaced lingo keeps serving after SIGTERM (LINGO_SHUTDOWN_DELAY).
-SHUTDOWN_DELAY = 2.0
+SHUTDOWN_DELAY = 3.0
 #: Failed readiness probes before the balancer drops an endpoint (kubelet's failureThreshold).
 PROBE_FAILURES = 3
 #: Seconds between readiness probes.
