@@ -37,10 +37,13 @@ class LingoProcess:
     process: subprocess.Popen[bytes]
     proxy: tuple[str, int]
     health: str
+    #: Its output.
+    log: Path
 
 
 def start_lingo(tmp_path: Path, name: str, models_file: Path) -> LingoProcess:
     proxy, health = free_port(), free_port()
+    log = tmp_path / f"{name}.log"
     process = subprocess.Popen(
         [
             sys.executable, "-m", "lingo", "serve",
@@ -54,10 +57,10 @@ def start_lingo(tmp_path: Path, name: str, models_file: Path) -> LingoProcess:
             "--shutdown-grace", "10s",
             "--log-level", "warning",
         ],
-        stdout=(tmp_path / f"{name}.log").open("wb"),
+        stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )  # fmt: skip
-    return LingoProcess(process, ("127.0.0.1", proxy), f"http://127.0.0.1:{health}")
+    return LingoProcess(process, ("127.0.0.1", proxy), f"http://127.0.0.1:{health}", log)
 
 
 async def ready(session: aiohttp.ClientSession, lingo: LingoProcess) -> bool:
@@ -72,7 +75,7 @@ async def wait_ready(session: aiohttp.ClientSession, lingo: LingoProcess, timeou
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not await ready(session, lingo):
-        assert lingo.process.poll() is None, "lingo exited while starting"
+        assert lingo.process.poll() is None, f"lingo exited while starting: {lingo.log.read_text()[-2000:]}"
         assert loop.time() < deadline, f"lingo not ready within {timeout}s"
         await asyncio.sleep(0.05)
 
