@@ -71,13 +71,26 @@ async def ready(session: aiohttp.ClientSession, lingo: LingoProcess) -> bool:
         return False
 
 
-async def wait_ready(session: aiohttp.ClientSession, lingo: LingoProcess, timeout: float = 20.0) -> None:
+async def ready_lingo(
+    session: aiohttp.ClientSession, tmp_path: Path, name: str, models_file: Path, started: list[LingoProcess]
+) -> LingoProcess:
+    """A started, ready lingo. Ports are picked free but may be taken by another test before lingo
+    binds them; then it tries again on new ones."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await ready(session, lingo):
-        assert lingo.process.poll() is None, f"lingo exited while starting: {lingo.log.read_text()[-2000:]}"
-        assert loop.time() < deadline, f"lingo not ready within {timeout}s"
-        await asyncio.sleep(0.05)
+    for attempt in range(3):
+        lingo = start_lingo(tmp_path, f"{name}-{attempt}", models_file)
+        started.append(lingo)
+        deadline = loop.time() + 20
+        while not await ready(session, lingo):
+            if lingo.process.poll() is not None:
+                output = lingo.log.read_text()
+                assert "cannot listen" in output, f"lingo exited while starting: {output[-2000:]}"
+                break
+            assert loop.time() < deadline, "lingo not ready within 20s"
+            await asyncio.sleep(0.05)
+        else:
+            return lingo
+    raise AssertionError("lingo found no free ports in 3 tries")
 
 
 async def wait_unready(session: aiohttp.ClientSession, lingo: LingoProcess, timeout: float = 10.0) -> None:
@@ -158,15 +171,15 @@ async def test_rolling_update_behind_a_balancer_drops_no_request(tmp_path: Path)
     )
     balancer = RoundRobinBalancer()
     url = await balancer.start()
-    lingos = [start_lingo(tmp_path, f"lingo-{i}", models_file) for i in range(2)]
-    everything = list(lingos)
+    everything: list[LingoProcess] = []
+    lingos: list[LingoProcess] = []
     load = Load(url)
     clients: list[asyncio.Task[None]] = []
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-            for lingo in lingos:
-                await wait_ready(session, lingo)
-                balancer.add(lingo.proxy)
+            for i in range(2):
+                lingos.append(await ready_lingo(session, tmp_path, f"lingo-{i}", models_file, everything))
+                balancer.add(lingos[-1].proxy)
             clients = [asyncio.create_task(load.client(streaming=i % 2 == 1)) for i in range(CLIENTS)]
             await load.until(50)
             for slot, old in enumerate(list(lingos)):
@@ -177,9 +190,7 @@ async def test_rolling_update_behind_a_balancer_drops_no_request(tmp_path: Path)
                 await wait_unready(session, old)
                 assert old.process.poll() is None, "lingo must keep serving through the shutdown delay"
                 balancer.remove(old.proxy)
-                new = start_lingo(tmp_path, f"lingo-{slot}-new", models_file)
-                everything.append(new)
-                await wait_ready(session, new)
+                new = await ready_lingo(session, tmp_path, f"lingo-{slot}-new", models_file, everything)
                 balancer.add(new.proxy)
                 lingos[slot] = new
                 assert await asyncio.to_thread(old.process.wait, 20) == 0
