@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -58,6 +59,20 @@ def test_fake_model_on_a_busy_port_says_so(busy_port: int) -> None:
 
 def test_fake_model_with_an_impossible_port_says_so() -> None:
     assert_one_clear_line(lingo("fake-model", "--port", "70000"), "argument --port:", "70000")
+
+
+def test_serve_on_a_busy_port_says_so(busy_port: int, tmp_path: Path) -> None:
+    models = tmp_path / "models.yaml"
+    models.write_text("models: [{name: x, endpoints: ['http://127.0.0.1:9']}]")
+    ports = ("--health-probe-bind-address", "127.0.0.1:0", "--metrics-bind-address", "127.0.0.1:0")
+    result = lingo(
+        "serve",
+        *("--platform", "local", "--models-file", str(models), *ports),
+        *("--stats-address", "127.0.0.1:0", "--proxy-address", f"127.0.0.1:{busy_port}"),
+    )
+    assert_one_clear_line(
+        result, "configuration error", f"proxy on 127.0.0.1:{busy_port}", "Address already in use"
+    )
 
 
 async def test_model_command_not_on_path_is_logged_once_and_told_to_the_client(
