@@ -265,6 +265,7 @@ def lingo(name: str, workdir: Path, models: dict, *, uvloop: bool = True, env: d
         "LINGO_LOG_LEVEL": "warning",
         "LINGO_LOG_DIR": str(directory / "replicas"),
         "LINGO_SHUTDOWN_GRACE": "5s",
+        "LINGO_SHUTDOWN_DELAY": "0s",  # nothing balances onto a benchmark target
         **(env or {}),
     }
     argv = [sys.executable, "-m", "lingo", "serve"] if uvloop else [sys.executable, "-c", _NO_UVLOOP]

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from lingo.access_log import AccessLog
 from lingo.autoscaler import Autoscaler
 from lingo.config import ConfigError, Settings
 from lingo.errors import ShuttingDown
@@ -25,6 +27,11 @@ from lingo.registry import Registry
 from lingo.status import StatusFacts, status_page_html
 
 log = logging.getLogger(__name__)
+
+
+def socket_error(exc: OSError) -> str:
+    """The system's short reason (`Address already in use`), not asyncio's long wrapper text."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 def build_platform(settings: Settings) -> Platform:
@@ -88,6 +95,8 @@ class Lingo:
         self.proxy: ProxyServer | None = None
         self._runners: dict[str, web.AppRunner] = {}
         self._ready = False
+        #: True from SIGTERM on: /readyz fails while lingo still serves (endpoint removal window).
+        self.shutting_down = False
         self._stopped = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -97,7 +106,9 @@ class Lingo:
         self.forwarder = Forwarder(UpstreamPool(), s.backend_retries, s.max_wait)
         # An endpoint that left (pod gone, replica stopped) must not leave stale pooled connections.
         self.registry.on_endpoint_removed = self.forwarder.pool.forget_endpoint
-        handler = ProxyHandler(self.registry, self.forwarder, self.metrics, s.max_body, s.api_keys)
+        handler = ProxyHandler(
+            self.registry, self.forwarder, self.metrics, s.max_body, s.api_keys, AccessLog(s.access_log)
+        )
         if s.messengers:  # parsed before anything listens, so a bad URL fails start-up at once
             from lingo.batch import BatchStreams
 
@@ -118,14 +129,27 @@ class Lingo:
             self.addresses["proxy"] = await self.proxy.start(*s.proxy_address)
         except OSError as exc:
             host, port = s.proxy_address
-            raise ConfigError(f"cannot listen for proxy on {host}:{port}: {exc.strerror}") from None
+            raise ConfigError(f"cannot listen for proxy on {host}:{port}: {socket_error(exc)}") from None
         if self.batch is not None:
             await self.batch.start()
         self._ready = True
         log.info("lingo started", extra={name: f"{h}:{p}" for name, (h, p) in self.addresses.items()})
 
+    async def leave(self, interrupt: asyncio.Event | None = None) -> None:
+        """Fail /readyz but keep serving for `shutdown_delay` (or until `interrupt` is set): load
+        balancers (a Service's endpoints) notice only some time after SIGTERM, and keep sending
+        requests until then. Answers carry `Connection: close` meanwhile, so clients reconnect to
+        the replicas that stay."""
+        self.shutting_down = True
+        self._ready = False
+        if self.proxy is not None:
+            self.proxy.draining = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for((interrupt or asyncio.Event()).wait(), self.settings.shutdown_delay)
+
     async def stop(self) -> None:
-        """Stop accepting, answer queued requests 503, let in-flight ones finish, stop replicas."""
+        """Stop accepting; let in-flight and queued requests finish within `shutdown_grace`
+        (what still waits then gets 503); then stop the autoscaler, the platform and replicas."""
         if self._stopped.is_set():
             return
         self._stopped.set()
@@ -133,19 +157,21 @@ class Lingo:
         grace = self.settings.shutdown_grace
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        if self.batch is not None:
-            await self.batch.stop(grace)
         if self.batch_api is not None:
-            self.batch_api.halt()  # before the queues close: lines still queued stay pending, not failed
+            self.batch_api.halt()  # stop dispatching: lines still queued stay pending, not failed
         if self.proxy is not None:
             self.proxy.stop_accepting()
-        self.registry.close_all(ShuttingDown("lingo is shutting down; retry on another replica"))
-        while any(q.in_flight for q in self.registry.queues.values()) and loop.time() < deadline:
+        if self.batch is not None:
+            await self.batch.stop(grace)
+        queues = self.registry.queues
+        while any(q.active for q in queues.values()) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         if self.batch_api is not None:
             await self.batch_api.stop(max(0.0, deadline - loop.time()))
+        self.registry.close_all(ShuttingDown("lingo is shutting down; retry on another replica"))
         if self.proxy is not None:
-            await self.proxy.close(max(0.0, deadline - loop.time()))
+            # A moment past the grace, so the 503s just decided are written before connections close.
+            await self.proxy.close(max(1.0, deadline - loop.time()))
         await self.autoscaler.stop()
         await self.platform.stop()
         if self.forwarder is not None:
@@ -165,7 +191,12 @@ class Lingo:
         try:
             await self.start()
             await stop.wait()
-            log.info("signal received; shutting down", extra={"grace": self.settings.shutdown_grace})
+            log.info(
+                "signal received; shutting down",
+                extra={"delay": self.settings.shutdown_delay, "grace": self.settings.shutdown_grace},
+            )
+            stop.clear()
+            await self.leave(interrupt=stop)  # a second signal skips the rest of the delay
         finally:
             await self.stop()
 
@@ -189,9 +220,10 @@ class Lingo:
         except OSError as exc:
             await runner.cleanup()
             raise ConfigError(
-                f"cannot listen for {name} on {address[0]}:{address[1]}: {exc.strerror}"
+                f"cannot listen for {name} on {address[0]}:{address[1]}: {socket_error(exc)}"
             ) from None
-        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
+        server = site._server
+        sockets = server.sockets if isinstance(server, asyncio.Server) else []
         bound = sockets[0].getsockname() if sockets else address
         self.addresses[name] = (address[0], int(bound[1]))
         self._runners[name] = runner
@@ -203,7 +235,7 @@ class Lingo:
         async def readyz(request: web.Request) -> web.Response:
             if self._ready and self.platform.synced():
                 return web.Response(text="ready")
-            return web.Response(status=503, text="not ready")
+            return web.Response(status=503, text="shutting down" if self.shutting_down else "not ready")
 
         async def status_json(request: web.Request) -> web.Response:
             return web.json_response(await self.status.gather(), headers={"Cache-Control": "no-store"})

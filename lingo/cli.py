@@ -21,7 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     fakemodel.add_arguments(fake)
 
     demo = commands.add_parser("demo", help="run lingo locally with two fake models at 0 replicas")
-    demo.add_argument("--port", type=int, default=8080, help="proxy port (health, metrics, stats follow it)")
+    demo.add_argument(
+        "--port", type=_demo_port, default=8080, help="proxy port (health, metrics, stats follow it)"
+    )
 
     from lingo.status.cli import add_parser as add_status_parser
 
@@ -57,6 +59,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     return int(args.handler(args))
+
+
+def _demo_port(text: str) -> int:
+    """A port with room for the three that follow it (health, metrics, stats)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535 - 3:
+        raise argparse.ArgumentTypeError(f"{port} is not a port from 1 to 65532 (it and the next 3 are used)")
+    return port
 
 
 def _install_uvloop() -> None:

@@ -83,6 +83,15 @@ def parse_positive_duration(text: str) -> float:
     return value
 
 
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError(f"must be true or false, got {text!r}")
+
+
 def parse_platform(text: str) -> str:
     value = text.strip().lower()
     if value not in ("local", "kubernetes", ""):
@@ -304,6 +313,22 @@ SETTINGS: tuple[Setting, ...] = (
         "On SIGTERM, how long in-flight work may finish before lingo exits.",
     ),
     Setting(
+        "shutdown_delay",
+        "--shutdown-delay",
+        "LINGO_SHUTDOWN_DELAY",
+        "5s",
+        parse_duration,
+        "On SIGTERM, how long lingo keeps serving with /readyz failing (endpoint removal) before draining.",
+    ),
+    Setting(
+        "access_log",
+        "--access-log",
+        "LINGO_ACCESS_LOG",
+        "false",
+        parse_bool,
+        "One structured log line per request and per batch message (true or false).",
+    ),
+    Setting(
         "log_dir",
         "--log-dir",
         "LINGO_LOG_DIR",
@@ -429,6 +454,8 @@ class Settings:
     max_body: int = 64 * 1024 * 1024
     api_keys: list[str] = field(default_factory=list)
     shutdown_grace: float = 30.0
+    shutdown_delay: float = 5.0
+    access_log: bool = False
     log_dir: str = ""
     log_level: str = "INFO"
     pod_name: str = ""

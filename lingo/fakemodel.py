@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 
@@ -151,8 +153,11 @@ class FakeModel:
                     "choices": [choice],
                 }
                 await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-            final: dict = {"index": 0, "finish_reason": "length", "logprobs": None}
-            final.update({"delta": {}} if chat else {"text": ""})
+            final: dict[str, object] = {"index": 0, "finish_reason": "length", "logprobs": None}
+            if chat:
+                final["delta"] = {}
+            else:
+                final["text"] = ""
             done = {
                 "id": ident,
                 "object": f"{kind}.chunk" if chat else kind,
@@ -205,7 +210,7 @@ class FakeModel:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, required=True, help="port to listen on")
+    parser.add_argument("--port", type=_port, required=True, help="port to listen on")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     parser.add_argument("--startup-delay", type=float, default=0.0, help="seconds before listening")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
@@ -214,6 +219,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fail-first", type=int, default=0, help="answer the first N requests with 503")
     parser.add_argument("--tokens", type=int, default=8, help="tokens generated without max_tokens")
     parser.add_argument("--model", default="fake", help="model name listed by /v1/models")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port from 0 to 65535")
+    return port
 
 
 def run(args: argparse.Namespace) -> int:
@@ -230,12 +245,17 @@ def run(args: argparse.Namespace) -> int:
     )
     if options.startup_delay:
         time.sleep(options.startup_delay)
-    web.run_app(
-        FakeModel(options).application(),
-        host=options.host,
-        port=options.port,
-        access_log=None,
-        print=None,
-        handle_signals=True,
-    )
+    try:
+        web.run_app(
+            FakeModel(options).application(),
+            host=options.host,
+            port=options.port,
+            access_log=None,
+            print=None,
+            handle_signals=True,
+        )
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"lingo fake-model: cannot listen on {options.host}:{options.port}: {reason}", file=sys.stderr)
+        return 1
     return 0

@@ -7,11 +7,13 @@ import sys
 import time
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+#: Characters that make a value need quotes (checked in C by `isdisjoint`: access lines are hot).
+_SPECIAL = frozenset(' "=\n')
 
 
 def _quote(value: object) -> str:
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\n'):
+    if text == "" or not _SPECIAL.isdisjoint(text):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     return text
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics (names are part of the contract, SPEC §7).
+"""Prometheus metrics (their names are a stable interface: dashboards and alerts use them).
 
 Gauges of queued and in-flight work are read from the queues at scrape time, so the queue stays the
 only owner of those counts. Per-request counters and histograms are plain integers on the hot path
@@ -34,7 +34,8 @@ class _Histogram:
         self.total += value
 
     def buckets(self) -> list[tuple[str, float]]:
-        cumulative, out = 0, []
+        cumulative = 0
+        out: list[tuple[str, float]] = []
         for bound, count in zip((*_DURATION_BUCKETS, float("inf")), self.counts, strict=True):
             cumulative += count
             out.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
@@ -65,8 +66,8 @@ class RequestCollector(Collector):
             "Time from arrival to the end of the answer.",
             labels=["model", "source"],
         )
-        for labels, histogram in sorted(self.durations.items()):
-            durations.add_metric(list(labels), histogram.buckets(), histogram.total)
+        for pair, histogram in sorted(self.durations.items()):
+            durations.add_metric(list(pair), histogram.buckets(), histogram.total)
         waits = HistogramMetricFamily(
             "lingo_queue_wait_seconds", "Time a request waited for an endpoint slot.", labels=["model"]
         )

@@ -140,6 +140,8 @@ class ModelQueue:
         self._in_flight = 0
         self._rotation = 0
         self._closed: LingoError | None = None
+        #: Why the platform cannot start a replica right now (told to clients whose wait ends), or None.
+        self.start_error: str | None = None
 
     # -- counts read by the autoscaler, metrics and /stats -------------------------------------------
 
@@ -173,7 +175,7 @@ class ModelQueue:
                     self.retired[url] = endpoint
         for url in wanted:
             if url not in self.endpoints:
-                self.endpoints[url] = self.retired.pop(url, None) or Endpoint(url)
+                self.endpoints[url] = self.retired.pop(url) if url in self.retired else Endpoint(url)
         self._reshare()
         self._dispatch()
 
@@ -243,8 +245,9 @@ class ModelQueue:
                     retry_after=FLEX_RETRY_AFTER,
                 ) from None
             if isinstance(exc, TimeoutError):
+                reason = f"; a replica cannot start: {self.start_error}" if self.start_error else ""
                 raise NoEndpoint(
-                    f"no ready endpoint for model group {self.group.name!r} within {timeout:g}s",
+                    f"no ready endpoint for model group {self.group.name!r} within {timeout:g}s{reason}",
                     retry_after=NO_ENDPOINT_RETRY_AFTER,
                 ) from None
             raise

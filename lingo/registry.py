@@ -106,6 +106,12 @@ class Registry:
         for queue in self.queues.values():
             queue.set_lingo_replicas(rank, count)
 
+    def set_start_error(self, group: str, error: str | None) -> None:
+        """Why replicas of `group` cannot start (None once one is ready): told to waiting clients."""
+        queue = self.queues.get(group)
+        if queue is not None:
+            queue.start_error = error
+
     def add_backlog_source(self, model: str, source: BacklogSource) -> None:
         """Count messages waiting outside lingo (a broker backlog) as demand for `model`."""
         self._backlogs.setdefault(model, []).append(source)

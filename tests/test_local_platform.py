@@ -142,8 +142,10 @@ models:
 """
 
 
-async def test_sigterm_finishes_in_flight_answers_queued_503_and_leaves_no_child(tmp_path: Path) -> None:
-    process, proxy, health, metrics = serve(tmp_path, TWO_MODELS, "--shutdown-grace", "10s")
+async def test_sigterm_fails_readiness_keeps_serving_then_drains_and_leaves_no_child(tmp_path: Path) -> None:
+    process, proxy, health, metrics = serve(
+        tmp_path, TWO_MODELS, "--shutdown-delay", "1s", "--shutdown-grace", "10s"
+    )
     try:
         await wait_ready(health)
         await wait_for(lambda: len(children(process.pid)) == 2, timeout=10)
@@ -172,17 +174,78 @@ async def test_sigterm_finishes_in_flight_answers_queued_503_and_leaves_no_child
                     await asyncio.sleep(0.02)
                 raise AssertionError(f"never saw {in_flight} in flight and {queued} queued")
 
+            async def ready_status() -> int:
+                async with session.get(health + "/readyz") as r:
+                    return r.status
+
             in_flight = asyncio.create_task(ask())
             await until(in_flight=1, queued=0)  # running on the replica (1.5 s latency)
             queued = asyncio.create_task(ask())
             await until(in_flight=1, queued=1)  # waiting for the only slot
             process.send_signal(signal.SIGTERM)
-            assert await queued == 503
-            assert await in_flight == 200
+            for _ in range(100):
+                if await ready_status() == 503:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("/readyz kept answering 200 after SIGTERM")
+            # Within the shutdown delay a new connection is still accepted and its request queued.
+            late = asyncio.create_task(ask())
+            await until(in_flight=1, queued=2)
+            assert process.poll() is None
+            assert [await in_flight, await queued, await late] == [200, 200, 200]
         assert await asyncio.to_thread(process.wait, 20) == 0
         assert not [pid for pid in replicas if alive(pid)]
     finally:
         process.kill()
+
+
+async def test_a_second_signal_skips_the_rest_of_the_shutdown_delay(tmp_path: Path) -> None:
+    static = "models: [{name: x, endpoints: ['http://127.0.0.1:9']}]"
+    process, _, health, _ = serve(tmp_path, static, "--shutdown-delay", "60s")
+    try:
+        await wait_ready(health)
+        process.send_signal(signal.SIGTERM)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                async with session.get(health + "/readyz") as r:
+                    if r.status == 503:
+                        assert await r.text() == "shutting down"
+                        break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("/readyz kept answering 200 after SIGTERM")
+        assert process.poll() is None, "still serving within the delay"
+        process.send_signal(signal.SIGINT)  # an impatient Ctrl-C
+        assert await asyncio.to_thread(process.wait, 15) == 0
+    finally:
+        process.kill()
+
+
+async def test_requests_still_queued_when_the_drain_ends_get_503(start_lingo) -> None:
+    lingo = await start_lingo(
+        """
+        models:
+          - name: never
+            command: [python3, -c, "import time; time.sleep(60)", "{port}"]
+        """,
+        shutdown_grace=1.0,
+    )
+    queue = lingo.registry.queues["never"]
+    async with aiohttp.ClientSession() as session:
+
+        async def ask() -> tuple[int, dict]:
+            async with session.post(lingo.url() + "/v1/completions", json={"model": "never"}) as r:
+                return r.status, await r.json()
+
+        waiting = asyncio.create_task(ask())
+        await wait_for(lambda: queue.queued == 1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await lingo.stop()
+        status, body = await waiting
+    assert status == 503 and body["error"]["code"] == "shutting_down"
+    assert loop.time() - started >= 0.9, "a queued request is given the drain time before 503"
 
 
 async def test_replicas_die_with_lingo_even_when_it_is_killed(tmp_path: Path) -> None:

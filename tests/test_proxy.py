@@ -12,7 +12,11 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from lingo.app import Lingo
+from lingo.platforms.local import LocalPlatform
+from lingo.platforms.models_file import LocalModel, load_models_file
 from tests.conftest import fetch_json, free_port, wait_for
+from tests.conftest import test_settings as settings_for_tests
 
 SCALED = """
 models:
@@ -270,15 +274,35 @@ async def test_model_from_header_and_multipart_and_hop_by_hop_headers_dropped(
 
 
 async def test_requests_spread_by_fewest_in_flight(start_lingo, fake_model) -> None:
-    backends = [fake_model("--latency", "0.2"), fake_model("--latency", "0.2")]
-    lingo = await start_lingo(static(*(b.url for b in backends)))
+    # One endpoint is held busy by a long request; round-robin would still send it every other
+    # request, least-in-flight sends them all to the idle one.
+    slow, fast = fake_model("--latency", "10"), fake_model()
+    lingo = await start_lingo(static(slow.url, fast.url))
+    queue = lingo.registry.queues["static"]
     client = client_for(lingo)
+    first = [asyncio.create_task(client.completions.create(model="static", prompt="x")) for _ in range(2)]
+    await wait_for(lambda: queue.in_flight_on(slow.url) == 1 and queue.in_flight_on(fast.url) == 0)
+    served_by: collections.Counter[str] = collections.Counter()
+    quick = client_for(lingo, timeout=5.0)  # a request sent to the busy endpoint fails the test fast
+    for _ in range(10):
+        reply = await quick.completions.with_raw_response.create(model="static", prompt="x")
+        served_by[reply.headers["X-Served-By"]] += 1
+    assert served_by == {str(fast.port): 10}
+    # Equal load spreads evenly: both idle again once the long request is gone.
+    for task in first:
+        task.cancel()
+    await asyncio.gather(*first, return_exceptions=True)
+    await wait_for(lambda: queue.in_flight == 0)
+    both = [fake_model("--latency", "0.2"), fake_model("--latency", "0.2")]
+    lingo_even = await start_lingo(static(*(b.url for b in both)))
+    client_even = client_for(lingo_even)
     replies = await asyncio.gather(
-        *(client.completions.with_raw_response.create(model="static", prompt="x") for _ in range(20))
+        *(client_even.completions.with_raw_response.create(model="static", prompt="x") for _ in range(20))
     )
     spread = collections.Counter(reply.headers["X-Served-By"] for reply in replies)
     assert sorted(spread.values()) == [10, 10], spread
-    await client.close()
+    for opened in (client, quick, client_even):
+        await opened.close()
 
 
 async def test_client_disconnect_while_queued_frees_its_place(start_lingo) -> None:
@@ -340,13 +364,48 @@ async def test_metrics_expose_contract_names_and_labels(start_lingo) -> None:
     assert samples[("lingo_queue_wait_seconds_count", (("model", "chat"),))] == 1
 
 
-async def test_health_ready_and_stats(start_lingo, fake_model) -> None:
-    lingo = await start_lingo(static(fake_model().url))
-    async with aiohttp.ClientSession() as session:
-        for path in ("/healthz", "/readyz"):
-            async with session.get(lingo.url("health") + path) as r:
-                assert r.status == 200
-    assert await fetch_json(lingo.url("stats") + "/stats") == {"activeRequests": {"static": 0}}
+async def test_health_ready_and_stats(fake_model, tmp_path) -> None:
+    models = tmp_path / "models.yaml"
+    models.write_text(static(fake_model().url))
+    platform = GatedPlatform(load_models_file(str(models), 100, 30.0))
+    lingo = Lingo(settings_for_tests(models_file=str(models), shutdown_delay=0.5), platform)
+    starting = asyncio.create_task(lingo.start())
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def status(listener: str, path: str) -> int:
+                async with session.get(lingo.url(listener) + path) as r:
+                    return r.status
+
+            await wait_for(lambda: "health" in lingo.addresses)
+            # Listening, but the platform has not listed its models yet: alive, not ready.
+            assert (await status("health", "/healthz"), await status("health", "/readyz")) == (200, 503)
+            platform.gate.set()
+            await starting
+            assert (await status("health", "/healthz"), await status("health", "/readyz")) == (200, 200)
+            assert await fetch_json(lingo.url("stats") + "/stats") == {"activeRequests": {"static": 0}}
+            # Shutting down: readiness fails at once, while the proxy still answers.
+            leaving = asyncio.create_task(lingo.leave())
+            await wait_for(lambda: lingo.shutting_down)
+            assert await status("health", "/readyz") == 503
+            assert await status("proxy", "/v1/models") == 200
+            await leaving
+    finally:
+        platform.gate.set()
+        await starting
+        await lingo.stop()
+
+
+class GatedPlatform(LocalPlatform):
+    """The local platform, holding its first listing until `gate` is set (a slow API server)."""
+
+    def __init__(self, models: list[LocalModel]) -> None:
+        super().__init__(models)
+        self.gate = asyncio.Event()
+
+    async def start(self, registry) -> None:  # type: ignore[no-untyped-def]
+        await self.gate.wait()
+        await super().start(registry)
 
 
 async def test_pooled_connections_to_a_removed_endpoint_are_dropped(start_lingo, fake_model) -> None:

@@ -1,5 +1,5 @@
 """Batch through pub/sub: request messages from a broker go through the shared per-model queue,
-and their responses are published back (SPEC §6).
+and their responses are published back (see docs/batch.md).
 
 - `envelope` — request/response messages, parsed and built (pure);
 - `urls` — stream specs and broker URLs (pure);

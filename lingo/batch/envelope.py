@@ -1,4 +1,4 @@
-"""Batch envelopes (SPEC §6): request messages parsed and checked, response messages built.
+"""Batch envelopes (see docs/batch.md): request messages parsed and checked, response messages built.
 
 Pure code, no I/O. A request that can never succeed — not JSON, not an object, a path outside the
 allowed list, `stream: true`, a typo in `options` — raises `EnvelopeError`, which carries the

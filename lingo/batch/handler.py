@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
+from lingo.access_log import REQUEST_ID, AccessLog, new_request_id, seconds
 from lingo.backoff import backoff_delay
 from lingo.batch.brokers.base import REQUEST_MESSAGE_ID
 from lingo.batch.delivery import Delivery
@@ -58,6 +59,24 @@ class RetryPolicy:
     cap: float = 30.0
 
 
+@dataclass(slots=True)
+class Trace:
+    """What the access line of one message tells: filled in as its attempts go."""
+
+    #: Sent to the backend as `X-Request-Id`.
+    request_id: str
+    #: Endpoint of the last attempt that reached one.
+    endpoint: str = "-"
+    #: Seconds waited in the queue, all attempts.
+    wait: float = 0.0
+    #: Seconds from leaving the queue to the backend's response head, last attempt.
+    ttfb: float | None = None
+    #: Trips to a backend (each may itself retry on another endpoint).
+    attempts: int = 0
+    #: Response body bytes from the backend, last attempt.
+    bytes_out: int = 0
+
+
 @dataclass(frozen=True)
 class Answer:
     """The response to publish for one message, and how to count it."""
@@ -86,6 +105,7 @@ class MessageHandler:
         allowed_paths: frozenset[str] = DEFAULT_PATHS,
         retry: RetryPolicy | None = None,
         nack_delay: Callable[[], float] = lambda: 0.0,
+        access_log: AccessLog | None = None,
     ) -> None:
         #: Known models and their queues.
         self.registry = registry
@@ -103,6 +123,8 @@ class MessageHandler:
         self.retry = retry or RetryPolicy()
         #: Seconds before a message whose response could not be published is redelivered.
         self.nack_delay = nack_delay
+        #: One line per message when enabled.
+        self.access_log = access_log or AccessLog(False)
         self._outcomes: dict[str, Counter] = {}
 
     async def handle(self, delivery: Delivery) -> None:
@@ -110,6 +132,8 @@ class MessageHandler:
         loop = asyncio.get_running_loop()
         started = loop.time()
         message = delivery.message
+        trace = Trace(new_request_id())
+        envelope: Envelope | None = None
         try:
             try:
                 envelope = parse_envelope(message.data, self.allowed_paths)
@@ -120,14 +144,42 @@ class MessageHandler:
                     extra={"stream": self.stream, "message_id": message.id, "reason": error.message},
                 )
             else:
-                answer = await self._answer(envelope)
+                answer = await self._answer(envelope, trace)
             await self._respond(delivery, answer, started)
+            if self.access_log.enabled:
+                self._log_access(delivery, envelope, answer, trace, loop.time() - started)
         except Exception:
             log.exception("batch message handling failed", extra={"stream": self.stream})
             self._count("nacked")
             await delivery.nack(self.nack_delay())
 
-    async def _answer(self, envelope: Envelope) -> Answer:
+    def _log_access(
+        self, delivery: Delivery, envelope: Envelope | None, answer: Answer, trace: Trace, took: float
+    ) -> None:
+        self.access_log.write(
+            {
+                "request_id": trace.request_id,
+                "source": "batch",
+                "class": Priority.BATCH.name.lower(),
+                "stream": self.stream,
+                "message_id": delivery.message.id,
+                "path": envelope.path if envelope is not None else "-",
+                "model": envelope.model if envelope is not None else "-",
+                "group": answer.group or "-",
+                "endpoint": trace.endpoint,
+                "status": answer.status,
+                "wait": seconds(trace.wait),
+                "ttfb": seconds(trace.ttfb),
+                "duration": seconds(took),
+                "bytes_in": len(delivery.message.data),
+                "bytes_out": trace.bytes_out,
+                "attempts": trace.attempts,
+                "streamed": False,
+                "outcome": answer.outcome,
+            }
+        )
+
+    async def _answer(self, envelope: Envelope, trace: Trace) -> Answer:
         attempts = envelope.options.max_attempts or self.retry.max_attempts
         timeout = envelope.options.timeout_seconds or self.forwarder.max_wait
         body = envelope.body_bytes()
@@ -140,7 +192,7 @@ class MessageHandler:
                 return Answer(
                     error.status, build_response(error.status, envelope.metadata, error.body()), None, "error"
                 )
-            status, document = await self._attempt(queue, envelope, body, timeout)
+            status, document = await self._attempt(queue, envelope, body, timeout, trace)
             if status in TRANSIENT_STATUSES and attempt < attempts:
                 self._count("retried")
                 delay = backoff_delay(attempt, self.retry.base, self.retry.cap)
@@ -157,22 +209,30 @@ class MessageHandler:
         raise AssertionError("unreachable: the last attempt always answers")
 
     async def _attempt(
-        self, queue: ModelQueue, envelope: Envelope, body: bytes, timeout: float
+        self, queue: ModelQueue, envelope: Envelope, body: bytes, timeout: float, trace: Trace
     ) -> tuple[int, object]:
         """One trip through the shared queue to a backend: (status, response body)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        trace.attempts += 1
+        headers = {**REQUEST_HEADERS, REQUEST_ID: trace.request_id}
         try:
             async with self.forwarder.exchange(
-                queue, "POST", envelope.path, REQUEST_HEADERS, body, Priority.BATCH, timeout=timeout
+                queue, "POST", envelope.path, headers, body, Priority.BATCH, timeout=timeout
             ) as exchange:
+                trace.wait += exchange.waited
+                trace.ttfb = loop.time() - started - exchange.waited
+                trace.endpoint = exchange.lease.url
                 self.metrics.observe_wait(queue.group.name, exchange.waited)
                 data = await exchange.response.read()
+                trace.bytes_out = len(data)
                 return exchange.response.status, response_body(data)
         except LingoError as error:
             return error.status, error.body()
         except OSError as exc:
             # The backend failed while sending its answer: worth another attempt, like a 502.
-            error = BackendUnreachable(f"model group {queue.group.name!r} failed mid-response: {exc!r}")
-            return error.status, error.body()
+            failed = BackendUnreachable(f"model group {queue.group.name!r} failed mid-response: {exc!r}")
+            return failed.status, failed.body()
 
     async def _respond(self, delivery: Delivery, answer: Answer, started: float) -> None:
         message = delivery.message

@@ -101,7 +101,7 @@ def result_line(data: bytes, attributes: dict[str, str]) -> tuple[str | None, di
         response = {"status_code": None, "metadata": None, "body": data.decode("utf-8", "replace")}
     metadata = response.get("metadata")
     custom_id = metadata.get("custom_id") if isinstance(metadata, dict) else None
-    line = {
+    line: dict[str, Any] = {
         "id": f"batch_req_{uuid.uuid4().hex}",
         "custom_id": custom_id if isinstance(custom_id, str) else None,
         "response": {

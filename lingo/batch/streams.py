@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 
+from lingo.access_log import AccessLog
 from lingo.backoff import Backoff
 from lingo.batch.brokers import (
     Publisher,
@@ -321,14 +322,16 @@ class BatchStreams:
     ) -> BatchStreams:
         """Streams from `settings.messengers`; a bad spec raises ConfigError naming it."""
         specs = parse_streams(settings.messengers)
-        return cls(
-            [
-                BatchStream(
-                    spec, registry, forwarder, metrics, max_error_backoff=settings.messenger_error_max_backoff
-                )
-                for spec in specs
-            ]
-        )
+        streams = [
+            BatchStream(
+                spec, registry, forwarder, metrics, max_error_backoff=settings.messenger_error_max_backoff
+            )
+            for spec in specs
+        ]
+        access_log = AccessLog(settings.access_log)
+        for stream in streams:
+            stream.handler.access_log = access_log
+        return cls(streams)
 
     async def start(self, wait: float = 5.0) -> None:
         """Start every stream; wait up to `wait` seconds for their subscriptions to open.

@@ -1,4 +1,4 @@
-"""Batch stream specs and broker URLs (SPEC §6), parsed and checked without any I/O.
+"""Batch stream specs and broker URLs (see docs/batch.md), parsed and checked without any I/O.
 
 A stream is `REQUESTS_URL|RESPONSES_URL[|MAX_HANDLERS]`. Each URL names a place on one broker:
 

@@ -7,14 +7,17 @@ import contextlib
 import sys
 from importlib import resources
 
+import yaml
+
 from lingo import logs
 from lingo.app import Lingo
-from lingo.config import Settings, parse_address
+from lingo.config import ConfigError, Settings, parse_address
 
 BANNER = """
 lingo demo is running: proxy {proxy}, metrics {metrics}/metrics
 Live status: {health}/status  (or in a terminal: lingo status --url {health} --watch)
-Both models start at 0 replicas; the first request starts one (about 2 s), idle ones stop after ~30 s.
+Both models start at 0 replicas; the first request starts one (about 2 s); a replica stops about
+{chat_idle:g} s (fake-chat) or {embed_idle:g} s (fake-embed) after its last request.
 
   curl {proxy}/v1/models
   curl {proxy}/v1/chat/completions -H 'Content-Type: application/json' \\
@@ -33,6 +36,20 @@ Press Ctrl-C to stop (replicas are stopped with it).
 """
 
 
+#: Seconds between autoscaler ticks in the demo (short, so scaling is quick to see).
+AUTOSCALING_INTERVAL = 1.0
+#: The demo's moving-average window of demand.
+AUTOSCALING_WINDOW = 10.0
+
+
+def idle_stop_seconds(group: str) -> float:
+    """About how long after its last request a demo model's replica stops: the average must
+    decay (one window), then demand must stay lower for the model's scale-down delay."""
+    document = yaml.safe_load(resources.files("lingo.demo").joinpath("models.yaml").read_text())
+    [entry] = [entry for entry in document["models"] if entry["name"] == group]
+    return AUTOSCALING_WINDOW + float(entry["scale_down_delay"])
+
+
 def _print_scale(group: str, current: int, target: int) -> None:
     arrow = "up" if target > current else "down"
     print(f"[scale {arrow}] {group}: {current} -> {target} replica(s)", flush=True)
@@ -48,9 +65,10 @@ async def _run(port: int) -> None:
             health_address=parse_address(f"127.0.0.1:{port + 1}"),
             metrics_address=parse_address(f"127.0.0.1:{port + 2}"),
             stats_address=parse_address(f"127.0.0.1:{port + 3}"),
-            autoscaling_interval=1.0,
-            autoscaling_time_window=10.0,
+            autoscaling_interval=AUTOSCALING_INTERVAL,
+            autoscaling_time_window=AUTOSCALING_WINDOW,
             shutdown_grace=5.0,
+            shutdown_delay=0.0,  # nothing balances onto the demo: stop at once on Ctrl-C
             log_level="WARNING",
         )
         lingo = Lingo(settings)
@@ -59,18 +77,27 @@ async def _run(port: int) -> None:
         while "proxy" not in lingo.addresses and not task.done():
             await asyncio.sleep(0.05)
         if not task.done():
-            print(
-                BANNER.format(
-                    proxy=lingo.url("proxy"), metrics=lingo.url("metrics"), health=lingo.url("health")
-                ),
-                flush=True,
+            banner = BANNER.format(
+                proxy=lingo.url("proxy"),
+                metrics=lingo.url("metrics"),
+                health=lingo.url("health"),
+                chat_idle=idle_stop_seconds("fake-chat"),
+                embed_idle=idle_stop_seconds("fake-embed"),
             )
+            print(banner, flush=True)
         await task
 
 
 def run(port: int = 8080) -> int:
     logs.setup("WARNING")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(port))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_run(port))
+    except ConfigError as exc:
+        print(
+            f"lingo demo: {exc} (is another lingo demo running? pick other ports with --port)",
+            file=sys.stderr,
+        )
+        return 1
     print("lingo demo stopped", file=sys.stderr)
     return 0

@@ -47,6 +47,17 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _last_line(path: Path) -> str:
+    """`: <last line of the replica's output>`, or '' when it wrote nothing."""
+    try:
+        with open(path, "rb") as output:
+            output.seek(max(0, output.seek(0, os.SEEK_END) - 4096))
+            lines = output.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    return f": {lines[-1].strip()[:300]}" if lines else ""
+
+
 class Replica:
     """One running (or starting, or stopping) replica process."""
 
@@ -84,6 +95,8 @@ class LocalPlatform:
         self._registry: Registry | None = None
         self._session: aiohttp.ClientSession | None = None
         self._failures: dict[str, int] = {}
+        #: Last start failure reported per group, so a failure that repeats is logged once.
+        self._start_errors: dict[str, str] = {}
         self._serial = 0
         self._synced = False
         self._stopping = False
@@ -174,17 +187,23 @@ class LocalPlatform:
 
     async def _run(self, replica: Replica) -> None:
         group = replica.model.group.name
+        was_ready = False
+        error: str | None = None
+        code: int | None = None
         try:
             await self._start_process(replica)
             if await self._wait_ready(replica):
-                replica.ready = True
+                replica.ready = was_ready = True
                 self._failures[group] = 0
+                self._clear_start_error(group)
                 log.info("replica ready", extra={"model": group, "url": replica.url})
                 self._publish(group)
             assert replica.process is not None
             code = await replica.process.wait()
         except asyncio.CancelledError:
             raise
+        except OSError as exc:  # the command cannot be run at all: not found, not executable
+            error = f"cannot run {replica.model.command[0]!r}: {exc.strerror or exc}"
         except Exception:
             log.exception("replica failed to start", extra={"model": group})
             code = -1
@@ -194,12 +213,34 @@ class LocalPlatform:
         failures = self._failures.get(group, 0) + 1
         self._failures[group] = failures
         delay = min(MAX_RESTART_BACKOFF, 0.25 * 2 ** (failures - 1))
-        log.warning(
-            "replica exited; replacing it",
-            extra={"model": group, "code": code, "log": str(replica.log_path), "retry_in": delay},
-        )
+        if was_ready:
+            log.warning(
+                "replica exited; replacing it",
+                extra={"model": group, "code": code, "log": str(replica.log_path), "retry_in": delay},
+            )
+        else:
+            if error is None:
+                error = f"it exited with code {code} before it was ready{_last_line(replica.log_path)}"
+            self._report_start_error(group, error, replica, delay)
         await asyncio.sleep(delay)
         self._reconcile(group)
+
+    def _report_start_error(self, group: str, error: str, replica: Replica, delay: float) -> None:
+        """Log a start failure once while it repeats (retries go on quietly) and tell waiting clients."""
+        if self._start_errors.get(group) != error:
+            self._start_errors[group] = error
+            log.warning(
+                "replica cannot start; retrying with backoff",
+                extra={"model": group, "error": error, "log": str(replica.log_path), "retry_in": delay},
+            )
+        if self._registry is not None:
+            self._registry.set_start_error(group, error)
+
+    def _clear_start_error(self, group: str) -> None:
+        if self._start_errors.pop(group, None) is not None:
+            log.info("replica starts again", extra={"model": group})
+        if self._registry is not None:
+            self._registry.set_start_error(group, None)
 
     async def _start_process(self, replica: Replica) -> None:
         command = [part.replace("{port}", str(replica.port)) for part in replica.model.command]

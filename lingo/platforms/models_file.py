@@ -1,4 +1,4 @@
-"""The local platform's models file (SPEC §4): parsing and validation with errors that name the key."""
+"""The local platform's models file: parsing and validation with errors that name the key."""
 
 from __future__ import annotations
 

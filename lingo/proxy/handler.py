@@ -9,10 +9,11 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
+from lingo.access_log import REQUEST_ID, AccessLog, request_id, seconds
 from lingo.errors import BodyTooLarge, LingoError, ModelNotFound, Unauthorized
 from lingo.metrics import Metrics
 from lingo.priority import PRIORITY_HEADER, request_class
-from lingo.proxy.forwarder import Forwarder
+from lingo.proxy.forwarder import Exchange, Forwarder
 from lingo.proxy.headers import request_headers, response_headers
 from lingo.proxy.model_name import model_from_request
 from lingo.proxy.responses import error_parts, json_parts
@@ -34,6 +35,7 @@ class ProxyHandler:
         metrics: Metrics,
         max_body: int,
         api_keys: list[str] | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         #: Known models and their queues.
         self.registry = registry
@@ -47,8 +49,12 @@ class ProxyHandler:
         self.api_keys = [key.encode() for key in api_keys or []]
         #: Paths lingo answers itself before any model lookup (the Batches API): a predicate and a handler.
         self.own_routes: tuple[Callable[[str], bool], Callable[..., Awaitable[None]]] | None = None
+        #: One line per request when enabled.
+        self.access_log = access_log or AccessLog(False)
 
     async def __call__(self, request: IncomingRequest, out: ResponseWriter) -> None:
+        rid = request_id(request.header(REQUEST_ID))
+        model: str | None = None
         try:
             self._authorize(request)
             if request.too_large:
@@ -59,24 +65,22 @@ class ProxyHandler:
             if request.method == "GET":
                 path = request.path.rstrip("/")
                 if path in ("/v1/models", "/models"):
-                    out.send(*self._list_models())
+                    self._answer(request, out, rid, None, self._list_models())
                     return
                 if path.startswith("/v1/models/"):
-                    out.send(*self._get_model(path[len("/v1/models/") :]))
+                    self._answer(request, out, rid, None, self._get_model(path[len("/v1/models/") :]))
                     return
             model = model_from_request(
                 request.header("X-Model"), request.header("Content-Type") or "", request.body
             )
             priority = request_class(request.header(PRIORITY_HEADER), _tier_document(request))
+            queue = self.registry.lookup(model)
+            if queue is None:
+                raise ModelNotFound(f"The model `{model}` does not exist or is not served by this lingo.")
         except LingoError as error:
-            out.send(*error_parts(error))
+            self._answer(request, out, rid, model, error_parts(error))
             return
-        queue = self.registry.lookup(model)
-        if queue is None:
-            error = ModelNotFound(f"The model `{model}` does not exist or is not served by this lingo.")
-            out.send(*error_parts(error))
-            return
-        await self._forward(request, out, queue, priority)
+        await self._forward(request, out, queue, model, rid, priority)
 
     def _authorize(self, request: IncomingRequest) -> None:
         if not self.api_keys:
@@ -96,32 +100,45 @@ class ProxyHandler:
         return json_parts(_model_object(name))
 
     async def _forward(
-        self, request: IncomingRequest, out: ResponseWriter, queue: ModelQueue, priority: Priority
+        self,
+        request: IncomingRequest,
+        out: ResponseWriter,
+        queue: ModelQueue,
+        model: str,
+        rid: str,
+        priority: Priority,
     ) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         group = queue.group.name
         code = 499  # the client went away before an answer
+        exchange: Exchange | None = None
+        head_at = 0.0
+        sink: _CountingSink | ResponseWriter = out
+        forwarded = request_headers(request.headers)
+        forwarded.append((REQUEST_ID, rid))
         try:
             async with self.forwarder.exchange(
-                queue,
-                request.method,
-                request.target,
-                request_headers(request.headers),
-                request.body,
-                priority,
+                queue, request.method, request.target, forwarded, request.body, priority
             ) as exchange:
+                head_at = loop.time()
                 self.metrics.observe_wait(group, exchange.waited)
                 upstream = exchange.response
                 code = upstream.status
                 headers = response_headers(upstream.raw_headers)
+                headers.append((REQUEST_ID, rid))
                 length = upstream.content_length
                 if upstream.complete and length is not None:
-                    out.send(code, headers, await upstream.read())
+                    body = await upstream.read()
+                    out.send(code, headers, body)
+                    if self.access_log.enabled:
+                        sink = _CountingSink(out, len(body))
                     return
                 out.start(code, headers, length)
+                if self.access_log.enabled:
+                    sink = _CountingSink(out)
                 try:
-                    await upstream.pipe(out)
+                    await upstream.pipe(sink)
                 except UpstreamError as exc:
                     # Bytes already reached the client: no retry is possible. Cut the connection so
                     # the client sees a truncated response, not a falsely complete one.
@@ -132,9 +149,69 @@ class ProxyHandler:
                 out.end()
         except LingoError as error:
             code = error.status
-            out.send(*error_parts(error))
+            parts = error_parts(error)
+            _send(out, rid, parts)
+            if self.access_log.enabled:
+                sink = _CountingSink(out, len(parts[2]))
         finally:
-            self.metrics.observe_request(group, "http", code, loop.time() - started, priority.label)
+            ended = loop.time()
+            self.metrics.observe_request(group, "http", code, ended - started, priority.label)
+            if self.access_log.enabled:
+                waited = exchange.waited if exchange is not None else None
+                self.access_log.write(
+                    {
+                        "request_id": rid,
+                        "source": "http",
+                        "class": priority.name.lower(),
+                        "method": request.method,
+                        "path": request.path,
+                        "model": model,
+                        "group": group,
+                        "endpoint": exchange.lease.url if exchange is not None else "-",
+                        "status": code,
+                        "wait": seconds(waited if waited is not None else ended - started),
+                        "ttfb": seconds(head_at - started - waited if waited is not None else None),
+                        "duration": seconds(ended - started),
+                        "bytes_in": len(request.body),
+                        "bytes_out": sink.sent if isinstance(sink, _CountingSink) else 0,
+                        "attempts": exchange.attempts if exchange is not None else 0,
+                        "streamed": isinstance(sink, _CountingSink) and sink.streamed,
+                    }
+                )
+
+    def _answer(
+        self,
+        request: IncomingRequest,
+        out: ResponseWriter,
+        rid: str,
+        model: str | None,
+        parts: tuple[int, list[tuple[str, str]], bytes],
+    ) -> None:
+        """Send an answer lingo made itself (no queue, no backend), with the request id."""
+        status, headers, body = parts
+        headers.append((REQUEST_ID, rid))
+        out.send(status, headers, body)
+        if self.access_log.enabled:
+            self.access_log.write(
+                {
+                    "request_id": rid,
+                    "source": "http",
+                    "class": "-",
+                    "method": request.method,
+                    "path": request.path,
+                    "model": model or "-",
+                    "group": "-",
+                    "endpoint": "-",
+                    "status": status,
+                    "wait": "-",
+                    "ttfb": "-",
+                    "duration": "-",
+                    "bytes_in": len(request.body),
+                    "bytes_out": len(body),
+                    "attempts": 0,
+                    "streamed": False,
+                }
+            )
 
 
 def _tier_document(request: IncomingRequest) -> object:
@@ -145,6 +222,37 @@ def _tier_document(request: IncomingRequest) -> object:
         return orjson.loads(request.body)
     except orjson.JSONDecodeError:
         return None
+
+
+def _send(out: ResponseWriter, rid: str, parts: tuple[int, list[tuple[str, str]], bytes]) -> None:
+    """Send an answer lingo made itself, with the request id."""
+    status, headers, body = parts
+    headers.append((REQUEST_ID, rid))
+    out.send(status, headers, body)
+
+
+class _CountingSink:
+    """Passes a streamed body to the client and counts its bytes (only used with the access log on)."""
+
+    __slots__ = ("_out", "sent", "streamed")
+
+    def __init__(self, out: ResponseWriter, sent: int | None = None) -> None:
+        self._out = out
+        #: Body bytes handed to the client.
+        self.sent = sent or 0
+        #: True when the body was streamed, False when it was sent whole.
+        self.streamed = sent is None
+
+    @property
+    def paused(self) -> bool:
+        return self._out.paused
+
+    def write(self, chunk: bytes) -> None:
+        self.sent += len(chunk)
+        self._out.write(chunk)
+
+    async def drain(self) -> None:
+        await self._out.drain()
 
 
 def _model_object(name: str) -> dict[str, object]:

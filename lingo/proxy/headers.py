@@ -10,10 +10,11 @@ HOP_BY_HOP = frozenset(
         "te", "trailer", "transfer-encoding", "upgrade",
     }
 )  # fmt: skip
-#: Set by the upstream client itself (Host, framing) or meant for lingo only (X-Model).
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "x-model"}
-#: Framing is lingo's own on the client side.
-_RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+#: Set by the upstream client itself (Host, framing), meant for lingo only (X-Model), or set by
+#: lingo once per request (X-Request-Id: the client's own id, or a fresh one).
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "x-model", "x-request-id"}
+#: Framing is lingo's own on the client side; so is X-Request-Id (the id lingo sent upstream).
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length", "x-request-id"}
 
 Headers = list[tuple[str, str]]
 

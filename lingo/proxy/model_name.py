@@ -43,6 +43,8 @@ def _model_from_multipart(content_type: str, body: bytes) -> str:
         raise BadRequest("malformed multipart body")
     for part in message.iter_parts():
         if part.get_param("name", header="content-disposition") == "model":
-            payload = part.get_payload(decode=True) or b""
+            payload = part.get_payload(decode=True)
+            if not isinstance(payload, bytes):
+                payload = b""
             return _valid_name(payload.decode("utf-8", "replace").strip())
     raise BadRequest('no model given: the multipart form has no "model" field')

@@ -282,6 +282,7 @@ class ServeProcess:
             "MESSENGER_URLS": messenger,
             "AUTOSCALING_INTERVAL": "0.2s",
             "AUTOSCALING_TIME_WINDOW": "1s",
+            "LINGO_SHUTDOWN_DELAY": "0s",  # no load balancer to leave: drain at once on SIGTERM
         }
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(

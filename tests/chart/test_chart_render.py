@@ -146,9 +146,10 @@ def test_role_rules_are_exactly_rbac_rules_yaml(rendered):
 
 def test_termination_grace_is_longer_than_the_drain(rendered):
     for name, manifests in rendered.items():
-        grace = float(env_of(manifests)["LINGO_SHUTDOWN_GRACE"]["value"])
+        env = env_of(manifests)
+        drain = float(env["LINGO_SHUTDOWN_DELAY"]["value"]) + float(env["LINGO_SHUTDOWN_GRACE"]["value"])
         period = only(manifests, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-        assert period > grace, name
+        assert period > drain, name
     assert (
         only(rendered["ha"], "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 150
     )
@@ -157,7 +158,7 @@ def test_termination_grace_is_longer_than_the_drain(rendered):
 def test_a_termination_grace_not_above_the_drain_is_refused(helm):
     result = helm(*template_args(extra=("--set", "terminationGracePeriodSeconds=30")))
     assert result.returncode != 0
-    assert "must be larger than config.shutdownGraceSeconds" in result.stderr
+    assert "must be larger than config.shutdownDelaySeconds + config.shutdownGraceSeconds" in result.stderr
 
 
 def test_a_misspelt_values_key_is_refused_by_the_schema(helm):

@@ -51,6 +51,7 @@ class LingoProcess:
             "--platform": "local",
             "--log-level": "warning",
             "--shutdown-grace": "2",
+            "--shutdown-delay": "0",
         }
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(

@@ -25,8 +25,9 @@ HOP_BY_HOP = [
     "Upgrade",
     "Proxy-Authenticate",
 ]
-#: Headers lingo writes itself (framing) or may set (`Connection: close`).
-LINGOS_OWN = {"content-length", "transfer-encoding", "connection"}
+#: Headers lingo writes itself (framing, and X-Request-Id: the id it sent upstream replaces the
+#: backend's) or may set (`Connection: close`).
+LINGOS_OWN = {"content-length", "transfer-encoding", "connection", "x-request-id"}
 HOP_BY_HOP_EXAMPLE = [
     (b"Connection", b"X-Secret, Upgrade"),
     (b"X-Secret", b"s"),

@@ -1,7 +1,8 @@
 """Random request messages through each broker: every one is answered exactly once and acked once,
 refused ones with 400, and the backend never sees a path outside the allowed list.
 
-What each message deserves is worked out here from SPEC §6 alone (`expect`), not with lingo's parser.
+What each message deserves is worked out here from the envelope rules in docs/batch.md alone
+(`expect`), not with lingo's parser.
 Responses are matched to requests by their `request_message_id` attribute: the id the broker gave the
 request when the test published it. One lingo runs on its own loop in a thread (`LingoThread`), with a
 recording HTTP server as its only (static) model; broker clients run on that same loop.
@@ -47,7 +48,7 @@ EXAMPLES = {"mem": 300, "nats": 50, "rabbit": 50, "gcppubsub": 10}
 #: the server's status message and dropped it, unanswered, on every redelivery).
 STATUS_HEADER = (b'{"metadata": {"custom_id": "s"}, "body": {"model": "fuzz"}}', {"Status": "404"})
 
-# -- what a message deserves (SPEC §6) ----------------------------------------------------------------
+# -- what a message deserves (docs/batch.md) ----------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def is_number(value: object) -> bool:
 
 
 def expect(data: bytes) -> Expected:
-    """What SPEC §6 says the message `data` must be answered with.
+    """What docs/batch.md says the message `data` must be answered with.
 
     JSON is read as lingo reads it (orjson: no BOM, numbers beyond 64 bits as doubles, the last of
     duplicate keys); which documents are valid envelopes is decided from the spec here.

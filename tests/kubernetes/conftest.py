@@ -209,6 +209,7 @@ class LingoProcess:
             "SCALE_DOWN_DELAY": "1",
             "LINGO_MAX_WAIT": "30",
             "LINGO_SHUTDOWN_GRACE": "1",
+            "LINGO_SHUTDOWN_DELAY": "0",  # no load balancer to leave: stop at once
             "KUBECONFIG": kubeconfig,
         }
         env.pop("KUBERNETES_SERVICE_HOST", None)

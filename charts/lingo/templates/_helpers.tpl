@@ -63,13 +63,13 @@ seconds (helm reads YAML numbers as floats, which would otherwise print as 3e+01
 
 {{/* Seconds Kubernetes waits after SIGTERM: longer than lingo's own drain grace. */}}
 {{- define "lingo.terminationGracePeriodSeconds" -}}
-{{- $grace := int64 .Values.config.shutdownGraceSeconds }}
+{{- $grace := add (int64 .Values.config.shutdownDelaySeconds) (int64 .Values.config.shutdownGraceSeconds) }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
 {{- add $grace 15 }}
 {{- else }}
 {{- $period := int64 .Values.terminationGracePeriodSeconds }}
 {{- if le $period $grace }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must be larger than config.shutdownGraceSeconds (%d), or Kubernetes kills lingo while it drains" $period $grace) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be larger than config.shutdownDelaySeconds + config.shutdownGraceSeconds (%d), or Kubernetes kills lingo while it drains" $period $grace) }}
 {{- end }}
 {{- $period }}
 {{- end }}

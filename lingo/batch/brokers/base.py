@@ -7,7 +7,7 @@ the process.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,15 +35,23 @@ class ReceiveOptions:
 class Message(Protocol):
     """One received message, settled exactly once through `lingo.batch.delivery.Delivery`."""
 
-    #: The broker's id of the message (stable across redeliveries where the broker has one).
-    id: str
-    #: The payload.
-    data: bytes
-    #: Broker attributes / headers, as text.
-    attributes: Mapping[str, str]
-    #: Seconds between `in_progress()` calls while the message is handled, or None when the
-    #: adapter (or broker) keeps the message's lease by itself.
-    keepalive: float | None
+    # Read-only properties, so adapters may hold narrower types (a dict for the Mapping).
+    @property
+    def id(self) -> str:
+        """The broker's id of the message (stable across redeliveries where the broker has one)."""
+
+    @property
+    def data(self) -> bytes:
+        """The payload."""
+
+    @property
+    def attributes(self) -> Mapping[str, str]:
+        """Broker attributes / headers, as text."""
+
+    @property
+    def keepalive(self) -> float | None:
+        """Seconds between `in_progress()` calls while the message is handled, or None when the
+        adapter (or broker) keeps the message's lease by itself."""
 
     async def ack(self) -> None:
         """Done: the broker forgets the message."""
@@ -61,7 +69,7 @@ class Subscription(Protocol):
     async def open(self) -> None:
         """Connect, create what is missing (where the adapter does), start receiving."""
 
-    async def receive(self, limit: int, timeout: float) -> list[Message]:
+    async def receive(self, limit: int, timeout: float) -> Sequence[Message]:
         """Up to `limit` messages; waits at most `timeout` seconds for the first, [] if none came."""
 
     async def backlog(self) -> int | None:

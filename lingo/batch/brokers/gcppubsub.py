@@ -84,7 +84,8 @@ class PubSubSubscription:
 
     async def open(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
-        client = self._client = await loop.run_in_executor(None, pubsub_v1.SubscriberClient)
+        client = await loop.run_in_executor(None, pubsub_v1.SubscriberClient)
+        self._client = client
         try:
             await loop.run_in_executor(
                 None,

@@ -76,7 +76,7 @@ async def connect(name: str) -> Client:
                 servers=[server_url()],
                 name=name,
                 connect_timeout=2,
-                reconnect_time_wait=0.5,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds; nats-py hints int, takes float
                 max_reconnect_attempts=-1,
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
@@ -352,7 +352,7 @@ class NatsPublisher:
                 raise BrokerError(f"{self.url.label}: {error.get('description') or error}")
             return
         await self._client.publish(self.url.name, data, headers=headers)
-        await self._client.flush(timeout=TIMEOUT)
+        await self._client.flush(timeout=int(TIMEOUT))
 
     async def close(self) -> None:
         client, self._client = self._client, None

@@ -170,7 +170,7 @@ class RabbitSubscription:
                 underlay = await self._channel.get_underlay_channel()
         except Exception:  # reconnecting: the robust connection restores the consumer
             return True
-        return self._tag in underlay.consumers
+        return self._tag in underlay.consumers  # type: ignore[attr-defined]  # aiormq Channel has it
 
     async def backlog(self) -> int | None:
         """Messages ready in the queue (not counting those delivered and unacked)."""

@@ -70,7 +70,7 @@ class Defaults:
     scale_down_delay: float
 
 
-def annotations(obj: Obj) -> Mapping[str, str]:
+def annotations_of(obj: Obj) -> Mapping[str, str]:
     return (obj.get("metadata") or {}).get("annotations") or {}
 
 
@@ -87,7 +87,7 @@ def spec_replicas(obj: Obj) -> int:
 def read_deployment(obj: Obj, defaults: Defaults) -> tuple[ModelDeployment | None, list[str]]:
     """The model a Deployment serves (None when it is not annotated as one), and any problems."""
     name = object_name(obj)
-    notes = annotations(obj)
+    notes = annotations_of(obj)
     if MODELS not in notes:
         return None, []
     problems: list[str] = []
