@@ -122,7 +122,7 @@ async def test_access_log_writes_one_line_per_request_with_its_facts(
     assert {k: plain[k] for k in ("request_id", "source", "class", "model", "group", "status")} == {
         "request_id": "plain-1",
         "source": "http",
-        "class": "http",
+        "class": "default",
         "model": "m-alias",
         "group": "m",
         "status": "200",
