@@ -6,7 +6,7 @@ import asyncio
 import hmac
 import logging
 
-from lingo.errors import BodyTooLarge, LingoError, ModelNotFound, Unauthorized
+from lingo.errors import LingoError, ModelNotFound, Unauthorized
 from lingo.metrics import Metrics
 from lingo.proxy.forwarder import Forwarder
 from lingo.proxy.headers import request_headers, response_headers
@@ -45,8 +45,6 @@ class ProxyHandler:
     async def __call__(self, request: IncomingRequest, out: ResponseWriter) -> None:
         try:
             self._authorize(request)
-            if request.too_large:
-                raise BodyTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
             if request.method == "GET":
                 path = request.path.rstrip("/")
                 if path in ("/v1/models", "/models"):
@@ -95,7 +93,7 @@ class ProxyHandler:
                 queue,
                 request.method,
                 request.target,
-                request_headers(request.headers),
+                request_headers(request.headers, keyed=bool(self.api_keys)),
                 request.body,
                 Priority.HTTP,
             ) as exchange:
