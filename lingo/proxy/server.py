@@ -58,7 +58,8 @@ class IncomingRequest:
     target: str
     #: Headers in arrival order, names as sent.
     headers: list[tuple[str, str]]
-    #: The whole body (de-chunked).
+    #: The whole body (de-chunked). A body that arrived in pieces is the one bytearray they were
+    #: copied into (no second copy by a join); bytes-like either way.
     body: bytes
     #: "1.1" or "1.0".
     http_version: str
@@ -184,7 +185,8 @@ class HttpProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._target = bytearray()
         self._headers: list[tuple[str, str]] = []
-        self._body: list[bytes] = []
+        #: The body so far: its first piece, then the buffer all pieces are copied into.
+        self._body: bytes | bytearray = b""
         self._body_size = 0
         self._drain_waiter: asyncio.Future[None] | None = None
         self._paused = False
@@ -311,7 +313,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if request is not None:
             self.pending.pop()
-            self.server.budget.release(len(request.body))
+            self.server.budget.release(len(request.body), complete=True)
         if not self.pending and not self._busy:
             self.task = None  # made for the dropped request, it has nothing left to serve
         self._reject(BadRequest("protocol upgrades are not supported"))
@@ -320,8 +322,9 @@ class HttpProtocol(asyncio.Protocol):
         self.closing = True
         self.server.connections.discard(self)
         budget = self.server.budget
-        budget.release(self._body_size + sum(len(request.body) for request in self.pending))
-        self._body, self._body_size = [], 0
+        budget.release(self._body_size, complete=False)
+        budget.release(sum(len(request.body) for request in self.pending), complete=True)
+        self._body, self._body_size = b"", 0
         self.pending.clear()
         budget.forget(self)
         if self.task is not None and not self.task.done():
@@ -400,8 +403,17 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         size = len(body)
+        held = self._body_size
         self._body_size += size
-        self._body.append(body)
+        if not held:
+            self._body = body  # most bodies arrive in one piece: kept as it is
+        elif isinstance(self._body, bytes):
+            # A second piece: one growing buffer for the whole body (large ones grow by remapping,
+            # not copying), so no join doubles the body at its end.
+            self._body = bytearray(self._body)
+            self._body += body
+        else:
+            self._body += body
         if self._body_left > 0:
             self._body_left -= size
         elif self._body_size > self.server.max_body:
@@ -416,18 +428,17 @@ class HttpProtocol(asyncio.Protocol):
         target = self._target.decode("latin-1")
         if not target.startswith("/"):
             target = _origin_form(target)
-        body = self._body
         request = IncomingRequest(
             method=self.parser.get_method().decode("latin-1"),
             target=target,
             headers=self._headers,
-            body=b"".join(body) if len(body) != 1 else body[0],
+            body=self._body,
             http_version=self.parser.get_http_version(),
             keep_alive=self.parser.should_keep_alive() and not self.server.draining,
         )
-        self._body, self._body_size, self._body_left = [], 0, 0  # one copy: the joined body
+        self._body, self._body_size, self._body_left = b"", 0, 0
         self.in_head = True
-        self.server.budget.done_receiving(self)
+        self.server.budget.completed(self, len(request.body))
         self.pending.append(request)
         if len(self.pending) >= MAX_PIPELINED:
             self.update_reading()
@@ -460,7 +471,7 @@ class HttpProtocol(asyncio.Protocol):
                     writer.abort()
             finally:
                 self._busy = False
-                self.server.budget.release(len(request.body))
+                self.server.budget.release(len(request.body), complete=True)
                 request.body = b""  # released at once, not when the connection goes idle
             if not writer.finished:
                 writer.abort()
@@ -537,7 +548,8 @@ class HttpProtocol(asyncio.Protocol):
     def _reject(self, error: LingoError) -> None:
         """Answer `error` and close; after the answers owed to earlier requests, if there are any."""
         self.broken = True
-        self._body, self._body_size = [], 0
+        self.server.budget.release(self._body_size, complete=False)
+        self._body, self._body_size = b"", 0
         self.server.budget.forget(self)
         body = orjson.dumps(error.body())
         head = (
@@ -597,7 +609,8 @@ class BodyBudget:
     """Request-body bytes the whole process holds, against `LINGO_MAX_BUFFERED`.
 
     Beyond the budget, connections receiving a body stop reading until bodies are released. One of
-    them (the owner) keeps reading so that a budget held by incomplete bodies cannot stall them all.
+    them (the owner) keeps reading while no complete body is held, so that a budget filled by
+    incomplete bodies cannot stall them all: at most the budget plus one body is held.
     """
 
     def __init__(self, limit: int) -> None:
@@ -605,6 +618,8 @@ class BodyBudget:
         self.limit = limit
         #: Bytes held now: bodies arriving, waiting or being forwarded.
         self.held = 0
+        #: Of those, bytes of complete bodies (their requests release them when answered).
+        self.complete = 0
         #: The one connection that may read past the budget.
         self._owner: HttpProtocol | None = None
         #: Connections paused for the budget.
@@ -615,32 +630,39 @@ class BodyBudget:
         self.held += size
         if self.held <= self.limit or connection is self._owner:
             return False
-        if self._owner is None:
+        if self._owner is None and not self.complete:
             self._owner = connection
             return False
         connection.hold_budget = True
         self._waiting.add(connection)
         return True
 
-    def done_receiving(self, connection: HttpProtocol) -> None:
+    def completed(self, connection: HttpProtocol, size: int) -> None:
+        """`connection` received a whole body of `size` bytes."""
+        self.complete += size
         if connection is self._owner:
             self._owner = None
-            self._wake()
+
+    def release(self, size: int, complete: bool) -> None:
+        """A body of `size` bytes is gone (answered, or its connection lost)."""
+        self.held -= size
+        if complete:
+            self.complete -= size
+        self._maybe_wake()
 
     def forget(self, connection: HttpProtocol) -> None:
+        """`connection` receives no more bodies."""
         self._waiting.discard(connection)
-        self.done_receiving(connection)
+        if connection is self._owner:
+            self._owner = None
+            self._maybe_wake()
 
-    def release(self, size: int) -> None:
-        self.held -= size
-        if self._waiting and self.held <= self.limit:
-            self._wake()
-
-    def _wake(self) -> None:
-        waiting, self._waiting = self._waiting, set()
-        for connection in waiting:
-            connection.hold_budget = False
-            connection.update_reading()
+    def _maybe_wake(self) -> None:
+        if self._waiting and (self.held <= self.limit or (self._owner is None and not self.complete)):
+            waiting, self._waiting = self._waiting, set()
+            for connection in waiting:
+                connection.hold_budget = False
+                connection.update_reading()
 
 
 class ProxyServer:

@@ -150,13 +150,14 @@ async def test_an_unsolicited_answer_on_a_parked_connection_reaches_no_client(
 async def test_one_request_reaches_the_backend_at_most_retries_plus_one_times(
     start_lingo, backend: RawBackend, broken: bytes
 ) -> None:
-    posts = 0
+    posts, fine_given = 0, False
 
     async def fine_once_then_broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal posts
+        nonlocal posts, fine_given
         while (await read_request(reader))[0]:
             posts += 1
-            if posts == 1:
+            if not fine_given:
+                fine_given = True
                 writer.write(ok(b"fine"))  # keep-alive: lingo pools this connection
                 await writer.drain()
                 continue
@@ -169,6 +170,7 @@ async def test_one_request_reaches_the_backend_at_most_retries_plus_one_times(
     assert (await ask(lingo.addresses["proxy"][1])).status == 200
     posts = 0
     reply = await ask(lingo.addresses["proxy"][1])
+    assert reply.is_openai_error(), reply
     message = orjson.loads(reply.body)["error"]["message"]
     print(
         f"\nFIGURE {broken[:5]!r} on a reused connection, BACKEND_RETRIES=1: {posts} sends, message {message!r}"
