@@ -553,7 +553,8 @@ class HttpProtocol(asyncio.Protocol):
         self.server.budget.forget(self)
         body = orjson.dumps(error.body())
         head = (
-            f"HTTP/1.1 {error.status} {_REASONS.get(error.status, 'Error')}\r\nContent-Type: application/json\r\n"
+            f"HTTP/1.1 {error.status} {_REASONS.get(error.status, 'Error')}\r\n"
+            "Content-Type: application/json\r\n"
             f"X-Proxy: lingo\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode()
         if self.busy or self.pending:

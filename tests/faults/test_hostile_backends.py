@@ -77,7 +77,8 @@ async def test_a_backend_that_never_answers_gets_the_client_a_504_and_frees_the_
     second = await ask(lingo.addresses["proxy"][1], timeout=10)  # one slot: only free if the first let go
     elapsed = loop.time() - started
     print(
-        f"\nFIGURE backend that never answers, LINGO_UPSTREAM_TIMEOUT=0.5s: {first.status}, {second.status} in {elapsed:.1f} s"
+        f"\nFIGURE backend that never answers, LINGO_UPSTREAM_TIMEOUT=0.5s:"
+        f" {first.status}, {second.status} in {elapsed:.1f} s"
     )
     for reply in (first, second):
         assert reply.status == 504 and reply.from_lingo and reply.is_openai_error(), reply
@@ -101,7 +102,8 @@ async def test_a_backend_that_goes_silent_mid_stream_gets_the_clients_answer_cut
         await ask(lingo.addresses["proxy"][1], timeout=10)
     elapsed = loop.time() - started
     print(
-        f"\nFIGURE backend silent mid-stream, LINGO_UPSTREAM_IDLE_TIMEOUT=0.5s: answer cut after {elapsed:.1f} s"
+        f"\nFIGURE backend silent mid-stream, LINGO_UPSTREAM_IDLE_TIMEOUT=0.5s:"
+        f" answer cut after {elapsed:.1f} s"
     )
     assert elapsed < 4
 
@@ -173,7 +175,8 @@ async def test_one_request_reaches_the_backend_at_most_retries_plus_one_times(
     assert reply.is_openai_error(), reply
     message = orjson.loads(reply.body)["error"]["message"]
     print(
-        f"\nFIGURE {broken[:5]!r} on a reused connection, BACKEND_RETRIES=1: {posts} sends, message {message!r}"
+        f"\nFIGURE {broken[:5]!r} on a reused connection, BACKEND_RETRIES=1:"
+        f" {posts} sends, message {message!r}"
     )
     assert reply.status == 502 and posts <= 2, reply
     assert f"after {posts} attempt(s)" in message

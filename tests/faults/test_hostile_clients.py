@@ -69,7 +69,8 @@ async def test_a_header_value_that_never_ends_is_refused_431_before_lingo_buffer
     growth = lingo.memory("VmHWM") - before
     writer.close()
     print(
-        f"\nFIGURE endless header value: {sent / MB:.1f} MB sent before the answer, VmHWM +{growth / MB:.1f} MB"
+        f"\nFIGURE endless header value: {sent / MB:.1f} MB sent before the answer,"
+        f" VmHWM +{growth / MB:.1f} MB"
     )
     assert status.startswith(b"HTTP/1.1 431"), status
     assert growth < 8 * MB and sent < 8 * MB
@@ -128,7 +129,8 @@ async def test_multipart_form_with_forty_thousand_parts_is_refused_without_stall
         stop.set()
     worst = max(await probe)
     print(
-        f"\nFIGURE 40,000-part form: answered {reply.status}, other requests waited up to {worst * 1000:.0f} ms"
+        f"\nFIGURE 40,000-part form: answered {reply.status},"
+        f" other requests waited up to {worst * 1000:.0f} ms"
     )
     assert reply.status == 400 and b"parts" in reply.body, reply
     assert worst < 1.0
@@ -174,7 +176,8 @@ async def test_pipelined_requests_from_a_client_that_never_reads_do_not_grow_mem
     with sock:
         growth = lingo.memory("VmHWM") - before
     print(
-        f"\nFIGURE 300,000 pipelined GETs, never read: {sent / MB:.1f} MB taken in, VmHWM +{growth / MB:.1f} MB"
+        f"\nFIGURE 300,000 pipelined GETs, never read: {sent / MB:.1f} MB taken in,"
+        f" VmHWM +{growth / MB:.1f} MB"
     )
     assert growth < 16 * MB and sent < len(requests) * 300_000
 
@@ -202,9 +205,10 @@ async def test_six_pipelined_50_mb_bodies_behind_a_slow_answer_are_not_all_read(
     finally:
         await backend.close()
     print(
-        f"\nFIGURE 6 pipelined 50 MB bodies behind a slow answer: {sent / MB:.0f} MB taken in, VmHWM +{growth / MB:.0f} MB"
+        f"\nFIGURE 6 pipelined 50 MB bodies behind a slow answer: {sent / MB:.0f} MB taken in,"
+        f" VmHWM +{growth / MB:.0f} MB"
     )
-    assert growth < 130 * MB
+    assert growth < 100 * MB  # one body (the one being answered) and a read
 
 
 # -- 4. bodies: one copy, released at once, a process-wide budget ---------------------------------
@@ -285,7 +289,8 @@ async def test_an_idle_keep_alive_connection_does_not_pin_its_last_body(lingo_pr
         await wait_for(lambda: lingo.memory("VmRSS") - before < 20 * MB, timeout=5)
     finally:
         print(
-            f"\nFIGURE idle keep-alive after a 50 MB body: VmRSS +{(lingo.memory('VmRSS') - before) / MB:.0f} MB (peak +{peak / MB:.0f} MB)"
+            f"\nFIGURE idle keep-alive after a 50 MB body:"
+            f" VmRSS +{(lingo.memory('VmRSS') - before) / MB:.0f} MB (peak +{peak / MB:.0f} MB)"
         )
         writer.close()
 
@@ -311,7 +316,8 @@ async def test_a_request_head_trickled_byte_by_byte_is_answered_408_at_the_heade
     status = await asyncio.wait_for(answer, 5)
     elapsed = asyncio.get_running_loop().time() - started
     print(
-        f"\nFIGURE head trickled at 10 bytes/s, LINGO_HEADER_TIMEOUT=1s: {status[:12]!r} after {elapsed:.1f} s"
+        f"\nFIGURE head trickled at 10 bytes/s, LINGO_HEADER_TIMEOUT=1s:"
+        f" {status[:12]!r} after {elapsed:.1f} s"
     )
     assert status.startswith(b"HTTP/1.1 408") and elapsed < 3.0
     writer.close()
@@ -389,7 +395,10 @@ async def test_transfer_encoding_identity_then_chunked_is_400_and_close(start_li
 
 async def test_a_chunked_body_on_http10_is_400_and_close(start_lingo, fake_model) -> None:
     lingo = await echo_lingo(start_lingo, fake_model)
-    request = b"POST /echo/te HTTP/1.0\r\nHost: lingo\r\nX-Model: static\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nraw\r\n0\r\n\r\n"
+    request = (
+        b"POST /echo/te HTTP/1.0\r\nHost: lingo\r\nX-Model: static\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\nraw\r\n0\r\n\r\n"
+    )
     reply = await send(lingo, request)
     assert reply.status == 400 and reply.header("Connection") == "close", reply
 
@@ -405,7 +414,8 @@ async def test_100_continue_is_never_written_into_an_earlier_pipelined_answer(
     stream = b'{"model": "static", "stream": true, "max_tokens": 50}'
     writer.write(post("/v1/completions", stream))
     writer.write(
-        b"POST /echo/c HTTP/1.1\r\nHost: lingo\r\nX-Model: static\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+        b"POST /echo/c HTTP/1.1\r\nHost: lingo\r\nX-Model: static\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 3\r\n\r\n"
     )
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head
@@ -424,7 +434,10 @@ async def test_100_continue_is_never_written_into_an_earlier_pipelined_answer(
 
 async def test_an_http10_client_gets_no_100_continue(start_lingo, fake_model) -> None:
     lingo = await echo_lingo(start_lingo, fake_model)
-    request = b"POST /echo/c HTTP/1.0\r\nHost: lingo\r\nX-Model: static\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nraw"
+    request = (
+        b"POST /echo/c HTTP/1.0\r\nHost: lingo\r\nX-Model: static\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 3\r\n\r\nraw"
+    )
     reply = await send(lingo, request)  # `exchange` skips interim answers: look at the raw bytes too
     assert reply.status == 200, reply
     reader, writer = await asyncio.open_connection("127.0.0.1", lingo.addresses["proxy"][1])
@@ -437,7 +450,8 @@ async def test_a_declared_body_over_the_limit_with_expect_gets_413_at_once(start
     lingo = await echo_lingo(start_lingo, fake_model, max_body=1000)
     reader, writer = await asyncio.open_connection("127.0.0.1", lingo.addresses["proxy"][1])
     writer.write(
-        b"POST /echo/c HTTP/1.1\r\nHost: lingo\r\nX-Model: static\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n"
+        b"POST /echo/c HTTP/1.1\r\nHost: lingo\r\nX-Model: static\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 5000\r\n\r\n"
     )
     status = await asyncio.wait_for(first_line(reader), 10)  # the body is never sent
     writer.close()
@@ -487,8 +501,8 @@ async def test_an_absolute_form_target_is_forwarded_in_origin_form(start_lingo) 
         target = b"http://169.254.169.254/latest/meta-data?x=1"
         reply = await send(
             lingo,
-            b"POST %b HTTP/1.1\r\nHost: lingo\r\nX-Model: static\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            % target,
+            b"POST %b HTTP/1.1\r\nHost: lingo\r\nX-Model: static\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n" % target,
         )
     finally:
         await backend.close()
