@@ -1,9 +1,10 @@
 """`python -m benchmarks.run`: every benchmark, one after another, then the report.
 
 Sections: proxy overhead (+ uvloop experiment, hey cross-check), py-spy profile at c=64, streaming,
-cold start while holding 10,000 requests, batch when `benchmarks/batch.py` exists, and a soak (mixed
-HTTP + batch for minutes). Each section is bounded in time; one that fails is reported as failed and
-the others still run. The soak has its own section of docs/benchmarks.md, below the generated part,
+cold start while holding 10,000 requests, batch when `benchmarks/batch.py` exists, a soak (mixed
+HTTP + batch for minutes), and peak memory under ten concurrent 60 MB uploads (`benchmarks/uploads.py`,
+its own block of docs/benchmarks.md). Each section is bounded in time; one that fails is reported as
+failed and the others still run. The soak has its own section of docs/benchmarks.md, below the generated part,
 so `--only soak` leaves the other figures there alone.
 
 Raw results go to `benchmarks/results/<UTC stamp>/` (git-ignored): results.json, report.md, wrk
@@ -31,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import coldstart, overhead, report, soak, streaming, targets
+from benchmarks import coldstart, overhead, report, soak, streaming, targets, uploads
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("wrk", "hey", "nginx", "haproxy", "taskset")
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=("overhead", "streaming", "coldstart", "batch", "soak"),
+        choices=("overhead", "streaming", "coldstart", "batch", "soak", "uploads"),
         help="run only these sections (repeatable; overhead includes the profile)",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per run (default 5)")
@@ -108,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--soak-seconds", type=float, default=300.0, help="soak duration in seconds (default 300)"
+    )
+    parser.add_argument(
+        "--upload-mb",
+        type=float,
+        default=60.0,
+        help="size of each of the ten concurrent uploads (default 60)",
     )
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--render", metavar="RESULTS_JSON", help="only redo the report from a results.json")
@@ -136,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "coldstart": lambda: coldstart.run(workdir, results, args.rounds),
         "batch": lambda: run_batch(results),
         "soak": lambda: soak.run(workdir, args.soak_seconds),
+        "uploads": lambda: uploads.run(workdir, args.upload_mb, docs=not args.no_docs),
     }
     for name, section in sections.items():
         if args.only and name not in args.only:
@@ -162,7 +170,8 @@ def publish(figures: dict, results: Path, docs: bool) -> int:
     soak_markdown = report.render_soak(figures)  # its own section of the docs, below the generated part
     (results / "report.md").write_text(markdown + soak_markdown)
     if docs:
-        if set(figures) - {"machine", "soak"}:  # `--only soak` keeps the other sections' figures
+        # `--only soak` / `--only uploads` keep the other sections' figures (those write their own blocks)
+        if set(figures) - {"machine", "soak", "uploads"}:
             report.update_docs(ROOT / "docs" / "benchmarks.md", markdown)
         if soak_markdown:
             report.update_soak_docs(ROOT / "docs" / "benchmarks.md", soak_markdown)
