@@ -176,6 +176,8 @@ def publish(figures: dict, results: Path, docs: bool) -> int:
         if soak_markdown:
             report.update_soak_docs(ROOT / "docs" / "benchmarks.md", soak_markdown)
     markdown += soak_markdown
+    if isinstance(figures.get("uploads"), dict) and "failed" not in figures["uploads"]:
+        markdown += "\n" + uploads.render(figures["uploads"])
     print("\n" + markdown)
     return 1 if any(isinstance(v, dict) and "failed" in v for v in figures.values()) else 0
 
