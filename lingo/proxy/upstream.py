@@ -478,13 +478,20 @@ def _loop_time() -> float:
 
 
 def _readable(fd: int) -> bool:
-    """True when a socket has bytes or an EOF waiting (checked without blocking)."""
+    """True when a socket has bytes or an EOF waiting (one poll, no wait; select() fails above fd 1024)."""
     if fd < 0:
         return False
+    _POLL.register(fd, select.POLLIN)
     try:
-        return bool(select.select((fd,), (), (), 0)[0])
-    except (OSError, ValueError):
+        return bool(_POLL.poll(0))
+    except OSError:
         return True
+    finally:
+        _POLL.unregister(fd)
+
+
+#: One poll object for the readability check (registering costs no system call).
+_POLL = select.poll()
 
 
 def _parse_target(base_url: str) -> tuple[tuple[str, int], str]:
