@@ -450,7 +450,10 @@ class HttpProtocol(asyncio.Protocol):
     async def _serve(self) -> None:
         while self.pending and not self.closing:
             if self._paused:
-                await self.drain()  # a client that does not read gets no more answers buffered
+                try:
+                    await self.drain()  # a client that does not read gets no more answers buffered
+                except ConnectionResetError:
+                    return
             request = self.pending.popleft()
             writer = ResponseWriter(self, request)
             self._busy = True
