@@ -115,7 +115,7 @@ class Forwarder:
             return Exchange(response, lease, waited, attempt)
         raise BackendUnreachable(
             f"model group {queue.group.name!r} unreachable after {attempts} attempt(s): {last_error}"
-        )  # every attempt was made: the loop only ends early by returning or raising
+        )
 
 
 class _ExchangeContext:
