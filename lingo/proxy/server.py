@@ -540,6 +540,11 @@ class HttpProtocol(asyncio.Protocol):
         """True while a request body is arriving and lingo is reading it."""
         return not self.in_head and self.reading and not self.broken
 
+    @property
+    def idle(self) -> bool:
+        """True between requests: nothing being answered, waiting, or arriving."""
+        return self.in_head and not self.head_started and not self.busy and not self.pending
+
     def close_if_idle(self) -> None:
         if not self.busy:
             self.close_after_write()
@@ -729,7 +734,7 @@ class ProxyServer:
                 )
             elif connection.receiving_body and connection.last_seen < body_cutoff:
                 connection.time_out(RequestTimeout(f"request body silent for {self.body_timeout:g} s"))
-            elif connection.last_seen < idle_cutoff and not connection.busy and not connection.head_started:
+            elif connection.last_seen < idle_cutoff and connection.idle:
                 connection.close_after_write()
 
     def stop_accepting(self) -> None:
