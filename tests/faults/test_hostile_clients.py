@@ -239,7 +239,7 @@ async def test_ten_concurrent_uploads_hold_one_copy_of_each_body(lingo_process) 
         nonlocal arrived
         if (await read_request(reader))[0]:
             arrived += 1
-            if arrived == 10:
+            if arrived % 10 == 0:
                 all_in.set()
             await all_in.wait()
             writer.write(ok(b"done"))
@@ -250,10 +250,12 @@ async def test_ten_concurrent_uploads_hold_one_copy_of_each_body(lingo_process) 
         lingo = lingo_process(models_file(static_model("static", backend.url)))
         before = lingo.memory("VmHWM")
         statuses = await concurrent_uploads(lingo, 10, 20 * MB)
+        all_in.clear()  # a second round: memory freed by the first must serve it without growing
+        statuses += await concurrent_uploads(lingo, 10, 20 * MB)
         growth = lingo.memory("VmHWM") - before
     finally:
         await backend.close()
-    print(f"\nFIGURE 10 concurrent 20 MB uploads (200 MB in flight): VmHWM +{growth / MB:.0f} MB")
+    print(f"\nFIGURE 2 rounds of 10 concurrent 20 MB uploads (200 MB in flight): VmHWM +{growth / MB:.0f} MB")
     assert all(status.startswith(b"HTTP/1.1 200") for status in statuses), statuses
     assert growth < 1.25 * 200 * MB + 16 * MB
 
