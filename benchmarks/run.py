@@ -2,10 +2,11 @@
 
 Sections: proxy overhead (+ uvloop experiment, hey cross-check), py-spy profile at c=64, streaming,
 cold start while holding 10,000 requests, batch when `benchmarks/batch.py` exists, priority classes
-under a saturating batch and under overload, the Batches API, and a soak (mixed HTTP + batch for
-minutes). Each section is bounded in time; one that fails is reported as failed and the others still
-run. The soak, the priorities and the Batches API have their own blocks of docs/benchmarks.md, below
-the generated part, so `--only soak` (or priorities, batchapi) leaves the other figures there alone.
+under a saturating batch and under overload, the Batches API, a soak (mixed HTTP + batch for
+minutes), and peak memory under ten concurrent 60 MB uploads. Each section is bounded in time; one
+that fails is reported as failed and the others still run. The soak, the priorities, the Batches API
+and the uploads have their own blocks of docs/benchmarks.md, below the generated part, so `--only
+soak` (or priorities, batchapi, uploads) leaves the other figures there alone.
 
 Raw results go to `benchmarks/results/<UTC stamp>/` (git-ignored): results.json, report.md, wrk
 output, py-spy samples and flame graph, server logs. The report also replaces the generated part of
@@ -32,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import batchapi, coldstart, overhead, priorities, report, soak, streaming, targets
+from benchmarks import batchapi, coldstart, overhead, priorities, report, soak, streaming, targets, uploads
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("wrk", "hey", "nginx", "haproxy", "taskset")
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=("overhead", "streaming", "coldstart", "batch", "priorities", "batchapi", "soak"),
+        choices=("overhead", "streaming", "coldstart", "batch", "priorities", "batchapi", "soak", "uploads"),
         help="run only these sections (repeatable; overhead includes the profile)",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per run (default 5)")
@@ -118,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--batchapi-lines", type=int, default=10_000, help="lines of the Batches API batch (default 10000)"
+    )
+    parser.add_argument(
+        "--upload-mb",
+        type=float,
+        default=60.0,
+        help="size of each of the ten concurrent uploads (default 60)",
     )
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--render", metavar="RESULTS_JSON", help="only redo the report from a results.json")
@@ -148,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "priorities": lambda: priorities.run(workdir, args.priorities_seconds),
         "batchapi": lambda: batchapi.run(workdir, args.batchapi_lines, docs=not args.no_docs),
         "soak": lambda: soak.run(workdir, args.soak_seconds),
+        "uploads": lambda: uploads.run(workdir, args.upload_mb, docs=not args.no_docs),
     }
     for name, section in sections.items():
         if args.only and name not in args.only:
@@ -179,14 +187,16 @@ def publish(figures: dict, results: Path, docs: bool) -> int:
         markdown += "\n" + batchapi.render(api)
     (results / "report.md").write_text(markdown + soak_markdown + priorities_markdown)
     if docs:
-        # `--only soak` / `--only priorities` / `--only batchapi` keep the other sections' figures.
-        if set(figures) - {"machine", "soak", "priorities", "batchapi"}:
+        # `--only` of a section with its own block keeps the other sections' figures.
+        if set(figures) - {"machine", "soak", "priorities", "batchapi", "uploads"}:
             report.update_docs(ROOT / "docs" / "benchmarks.md", markdown)
         if "priorities" in figures:
             priorities.update_docs(ROOT / "docs" / "benchmarks.md", figures["priorities"])
         if soak_markdown:
             report.update_soak_docs(ROOT / "docs" / "benchmarks.md", soak_markdown)
     markdown += soak_markdown + priorities_markdown
+    if isinstance(figures.get("uploads"), dict) and "failed" not in figures["uploads"]:
+        markdown += "\n" + uploads.render(figures["uploads"])
     print("\n" + markdown)
     return 1 if any(isinstance(v, dict) and "failed" in v for v in figures.values()) else 0
 

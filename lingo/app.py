@@ -103,7 +103,9 @@ class Lingo:
 
     async def start(self) -> None:
         s = self.settings
-        self.forwarder = Forwarder(UpstreamPool(), s.backend_retries, s.max_wait)
+        self.forwarder = Forwarder(
+            UpstreamPool(s.upstream_timeout, s.upstream_idle_timeout), s.backend_retries, s.max_wait
+        )
         # An endpoint that left (pod gone, replica stopped) must not leave stale pooled connections.
         self.registry.on_endpoint_removed = self.forwarder.pool.forget_endpoint
         handler = ProxyHandler(
@@ -124,7 +126,13 @@ class Lingo:
         await self._listen("stats", self._stats_app(), s.stats_address)
         await self.platform.start(self.registry)
         await self.autoscaler.start()
-        self.proxy = ProxyServer(handler, s.max_body)
+        self.proxy = ProxyServer(
+            handler,
+            s.max_body,
+            max_buffered=s.max_buffered,
+            header_timeout=s.header_timeout,
+            body_timeout=s.body_timeout,
+        )
         try:
             self.addresses["proxy"] = await self.proxy.start(*s.proxy_address)
         except OSError as exc:

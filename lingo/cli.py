@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import sys
 
 from lingo import __version__, config, fakemodel, logs
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             from lingo.app import serve
 
             _install_uvloop()
+            _map_large_buffers()
             asyncio.run(serve(settings))
         except config.ConfigError as exc:
             print(f"lingo: configuration error: {exc}", file=sys.stderr)
@@ -70,6 +72,21 @@ def _demo_port(text: str) -> int:
     if not 1 <= port <= 65535 - 3:
         raise argparse.ArgumentTypeError(f"{port} is not a port from 1 to 65532 (it and the next 3 are used)")
     return port
+
+
+def _map_large_buffers() -> None:
+    """Request bodies above 1 MiB get memory of their own from the kernel (glibc malloc's mmap).
+
+    glibc raises its mmap threshold after freeing a large block (up to 32 MiB); later bodies below it
+    then grow inside the heap, copied on growth and leaving holes: from the second round of ten
+    concurrent 20 MB uploads on, the peak was 1.5 times their size. A fixed threshold keeps it at
+    one copy, grown by remapping, and returns it to the kernel when the request ends.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD; glibc only, a no-op question elsewhere
+    except (OSError, AttributeError):
+        pass
 
 
 def _install_uvloop() -> None:

@@ -51,6 +51,31 @@ def parse_address(text: str) -> tuple[str, int]:
     return (host or "0.0.0.0", int(port))
 
 
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB|K|M|G|T)?", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
+    "t": 1 << 40, "tib": 1 << 40, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """Bytes from a size (`1GiB`, `512MiB`, `64K`, `1000000`); at least 1."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (use e.g. 1GiB, 512MiB or plain bytes)")
+    value = int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
+    if value < 1:
+        raise ValueError(f"must be at least 1 byte, got {text!r}")
+    return value
+
+
+def parse_positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError(f"must be more than 0, got {text!r}")
+    return value
+
+
 def parse_positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -73,13 +98,6 @@ def parse_share(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
         raise ValueError(f"must be more than 0 and at most 1, got {text!r}")
-    return value
-
-
-def parse_positive_duration(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise ValueError(f"must be more than 0, got {text!r}")
     return value
 
 
@@ -297,6 +315,46 @@ SETTINGS: tuple[Setting, ...] = (
         "Largest request body in bytes before 413.",
     ),
     Setting(
+        "max_buffered",
+        "--max-buffered",
+        "LINGO_MAX_BUFFERED",
+        "1GiB",
+        parse_size,
+        "Request-body bytes the whole process holds at once; beyond it reading pauses.",
+    ),
+    Setting(
+        "header_timeout",
+        "--header-timeout",
+        "LINGO_HEADER_TIMEOUT",
+        "30s",
+        parse_positive_duration,
+        "Longest from the first byte of a request head to its end before 408.",
+    ),
+    Setting(
+        "body_timeout",
+        "--body-timeout",
+        "LINGO_BODY_TIMEOUT",
+        "60s",
+        parse_positive_duration,
+        "Longest silence while a request body arrives before 408.",
+    ),
+    Setting(
+        "upstream_timeout",
+        "--upstream-timeout",
+        "LINGO_UPSTREAM_TIMEOUT",
+        "600s",
+        parse_positive_duration,
+        "Longest from a request sent to a backend to its response head before 504.",
+    ),
+    Setting(
+        "upstream_idle_timeout",
+        "--upstream-idle-timeout",
+        "LINGO_UPSTREAM_IDLE_TIMEOUT",
+        "300s",
+        parse_positive_duration,
+        "Longest silence inside a backend's response body before the answer is cut.",
+    ),
+    Setting(
         "api_keys",
         "--api-keys",
         "LINGO_API_KEYS",
@@ -452,6 +510,11 @@ class Settings:
     batch_max_share: float = 0.75
     priority_aging: float = 15.0
     max_body: int = 64 * 1024 * 1024
+    max_buffered: int = 1 << 30
+    header_timeout: float = 30.0
+    body_timeout: float = 60.0
+    upstream_timeout: float = 600.0
+    upstream_idle_timeout: float = 300.0
     api_keys: list[str] = field(default_factory=list)
     shutdown_grace: float = 30.0
     shutdown_delay: float = 5.0

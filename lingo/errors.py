@@ -44,6 +44,18 @@ class ModelNotFound(LingoError):
     status, error_type, code = 404, "invalid_request_error", "model_not_found"
 
 
+class MethodNotAllowed(LingoError):
+    status, error_type, code = 405, "invalid_request_error", "method_not_allowed"
+
+
+class RequestTimeout(LingoError):
+    status, error_type, code = 408, "invalid_request_error", "request_timeout"
+
+
+class HeadersTooLarge(LingoError):
+    status, error_type, code = 431, "invalid_request_error", "headers_too_large"
+
+
 class BodyTooLarge(LingoError):
     status, error_type, code = 413, "invalid_request_error", "request_too_large"
 
@@ -60,6 +72,10 @@ class FlexUnavailable(LingoError):
 
 class BackendUnreachable(LingoError):
     status, error_type, code = 502, "server_error", "backend_unreachable"
+
+
+class UpstreamTimeout(LingoError):
+    status, error_type, code = 504, "server_error", "upstream_timeout"
 
 
 class NoEndpoint(LingoError):

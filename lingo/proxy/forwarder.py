@@ -12,8 +12,8 @@ from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lingo.errors import BackendUnreachable
-from lingo.proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from lingo.errors import BackendUnreachable, UpstreamTimeout
+from lingo.proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeoutError
 from lingo.queue import Lease, ModelQueue, Priority
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,9 @@ class Forwarder:
 
         Retries resend the whole body to a freshly picked endpoint, only before any byte of a
         response was handed to the caller. The last attempt's 502/503/504 passes through as it is.
+        Every attempt is one send at most: a request reaches backends `retries + 1` times at most.
+        A backend that sends no response head in time is not retried (it may still be running the
+        request): 504.
         """
         loop = asyncio.get_running_loop()
         header_items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
@@ -93,6 +96,9 @@ class Forwarder:
             waited += loop.time() - queued_at
             try:
                 response = await self.pool.request(lease.url, method, path, header_items, body)
+            except UpstreamTimeoutError as exc:
+                lease.release()
+                raise UpstreamTimeout(f"model group {queue.group.name!r}: {exc}") from None
             except (UpstreamError, OSError) as exc:
                 lease.release()
                 last_error, avoid = exc, lease.url

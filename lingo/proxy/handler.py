@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 
 from lingo.access_log import REQUEST_ID, AccessLog, request_id, seconds
-from lingo.errors import BodyTooLarge, LingoError, ModelNotFound, Unauthorized
+from lingo.errors import LingoError, ModelNotFound, Unauthorized
 from lingo.metrics import Metrics
 from lingo.priority import PRIORITY_HEADER, request_class
 from lingo.proxy.forwarder import Exchange, Forwarder
@@ -57,8 +57,6 @@ class ProxyHandler:
         model: str | None = None
         try:
             self._authorize(request)
-            if request.too_large:
-                raise BodyTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
             if self.own_routes is not None and self.own_routes[0](request.path):
                 await self.own_routes[1](request, out)
                 return
@@ -115,7 +113,7 @@ class ProxyHandler:
         exchange: Exchange | None = None
         head_at = 0.0
         sink: _CountingSink | ResponseWriter = out
-        forwarded = request_headers(request.headers)
+        forwarded = request_headers(request.headers, keyed=bool(self.api_keys))
         forwarded.append((REQUEST_ID, rid))
         try:
             async with self.forwarder.exchange(

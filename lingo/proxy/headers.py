@@ -30,9 +30,14 @@ def _filter(headers: Iterable[tuple[str, str]], drop: frozenset[str]) -> Headers
     return [(name, value) for name, value in items if name.lower() not in drop]
 
 
-def request_headers(headers: Iterable[tuple[str, str]]) -> Headers:
-    """Headers to send upstream: the client's, minus hop-by-hop and those lingo sets itself."""
-    return _filter(headers, _REQUEST_DROP)
+#: With API keys set, `Authorization` carries lingo's own key: the model server never sees it.
+_REQUEST_DROP_KEYED = _REQUEST_DROP | {"authorization"}
+
+
+def request_headers(headers: Iterable[tuple[str, str]], keyed: bool = False) -> Headers:
+    """Headers to send upstream: the client's, minus hop-by-hop and those lingo sets itself (and
+    `Authorization` when it holds lingo's key, `keyed`)."""
+    return _filter(headers, _REQUEST_DROP_KEYED if keyed else _REQUEST_DROP)
 
 
 def response_headers(headers: Iterable[tuple[str, str]]) -> Headers:

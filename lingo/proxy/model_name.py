@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from email.parser import BytesParser
-from email.policy import HTTP
-
 import orjson
 
 from lingo.errors import BadRequest
+from lingo.proxy.multipart import model_field
 
 
 def model_from_request(header: str | None, content_type: str, body: bytes) -> str:
@@ -37,14 +35,7 @@ def _valid_name(model: object) -> str:
 
 
 def _model_from_multipart(content_type: str, body: bytes) -> str:
-    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
-    message = BytesParser(policy=HTTP).parsebytes(head + body)
-    if not message.is_multipart():
-        raise BadRequest("malformed multipart body")
-    for part in message.iter_parts():
-        if part.get_param("name", header="content-disposition") == "model":
-            payload = part.get_payload(decode=True)
-            if not isinstance(payload, bytes):
-                payload = b""
-            return _valid_name(payload.decode("utf-8", "replace").strip())
-    raise BadRequest('no model given: the multipart form has no "model" field')
+    model = model_field(content_type, body)
+    if model is None:
+        raise BadRequest('no model given: the multipart form has no "model" field')
+    return _valid_name(model)

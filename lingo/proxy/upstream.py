@@ -6,13 +6,20 @@ response with llhttp (httptools) and hands body chunks over as they arrive, so a
 forwarded chunk by chunk and a small one costs a few function calls.
 
 Pooled connections are closed after `IDLE_TIMEOUT`, shorter than common model servers' keep-alive
-(uvicorn: 5 s), and a request that fails on a *reused* connection before any response byte arrived is
-sent once more on a fresh one: the server closed an idle connection, it never saw the request.
+(uvicorn: 5 s). A parked connection that becomes readable (a late, unsolicited answer, or the
+server's close) is never reused: it is closed when the bytes arrive and checked again just before
+reuse. A request is written once per call: whether to send it again is the forwarder's decision,
+counted against its retry budget (a backend may have read a request it did not answer).
+
+Every wait on a backend is bounded: its response head within `response_timeout` of the request
+being sent, then no silence longer than `idle_timeout` inside the body. One sweep over the busy
+connections enforces both, not a timer per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import Protocol
@@ -27,12 +34,16 @@ IDLE_TIMEOUT = 4.0
 CONNECT_TIMEOUT = 10.0
 #: Buffered body chunks after which reading from the backend pauses until the consumer catches up.
 _HIGH_WATER = 64
-#: Largest total size of a response's headers (a backend sending more is broken: 502).
-MAX_RESPONSE_HEADERS = 64 * 1024
+#: Largest response head in raw bytes, counted as they arrive (a backend sending more is broken: 502).
+MAX_RESPONSE_HEAD = 64 * 1024
 
 
 class UpstreamError(ConnectionError):
     """The backend could not be reached, or the connection broke before the response was complete."""
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The backend accepted the request but sent no response head within the response timeout."""
 
 
 class _Connection(asyncio.Protocol):
@@ -48,8 +59,13 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         #: Loop time when the connection was last parked idle in the pool.
         self.parked_at = 0.0
-        self._header_name = b""
-        self._header_bytes = 0
+        #: Loop time the request was sent, then of the last bytes received (for the timeouts).
+        self.last_activity = 0.0
+        #: File descriptor of the socket (checked for readability before reuse).
+        self.fd = -1
+        #: True while the bytes arriving are a response head (counted against MAX_RESPONSE_HEAD).
+        self._in_head = False
+        self._head_bytes = 0
         #: True while parsing an interim (1xx) response, which is skipped.
         self._interim = False
         #: True when the response body ends where the connection does (no length, not chunked).
@@ -59,8 +75,25 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
 
     def data_received(self, data: bytes) -> None:
+        response = self.response
+        if response is None or response.complete:
+            # Parked, or after a complete answer: bytes that answer no request. The connection can
+            # never be trusted again; the answer already given stands.
+            self.close()
+            return
+        self.last_activity = _loop_time()
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_RESPONSE_HEAD:
+                end = data.find(b"\r\n\r\n")
+                if end < 0 or self._head_bytes - len(data) + end + 4 > MAX_RESPONSE_HEAD:
+                    self._fail(UpstreamError("backend response head larger than 64 KiB"))
+                    self.close()
+                    return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -92,10 +125,8 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
-        self._header_bytes += len(name) + len(value)
-        if self._header_bytes > MAX_RESPONSE_HEADERS:
-            raise UpstreamError("backend response headers too large")
-        self.response._raw_headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if self._in_head:  # trailers of a chunked answer are not headers
+            self.response._raw_headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         response = self.response
@@ -105,8 +136,9 @@ class _Connection(asyncio.Protocol):
             # 100 Continue, 103 Early Hints: interim, not the answer; the answer follows.
             self._interim = True
             response._raw_headers.clear()
-            self._header_bytes = 0
+            self._head_bytes = 0
             return
+        self._in_head = False
         if not 200 <= status <= 599:
             raise UpstreamError(f"backend answered with status {status}, which is not a final HTTP status")
         response.status = status
@@ -153,8 +185,8 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, error: Exception) -> None:
         response = self.response
-        if response is None:
-            return
+        if response is None or response.complete:
+            return  # bytes after a complete answer: the connection is closed, the answer stands
         response.error = error
         if not response.started.done():
             response.started.set_exception(error)
@@ -236,6 +268,7 @@ class UpstreamResponse:
                 chunk = self._chunks.popleft()
                 if self._paused and len(self._chunks) < _HIGH_WATER // 2:
                     self._paused = False
+                    self._connection.last_activity = _loop_time()  # the pause was lingo's silence
                     if self._connection.transport is not None:
                         self._connection.transport.resume_reading()
                 yield chunk
@@ -268,6 +301,7 @@ class UpstreamResponse:
                 if self._paused or sink.paused:
                     await sink.drain()
                     self._paused = False
+                    self._connection.last_activity = _loop_time()  # the pause was lingo's silence
                     if transport is not None:
                         transport.resume_reading()
                     continue
@@ -299,31 +333,63 @@ class UpstreamResponse:
 class UpstreamPool:
     """Keep-alive connections to backends, reused per (host, port)."""
 
-    def __init__(self) -> None:
+    def __init__(self, response_timeout: float = 600.0, idle_timeout: float = 300.0) -> None:
+        #: Seconds from a request sent to its response head (UpstreamTimeoutError beyond).
+        self.response_timeout = response_timeout
+        #: Longest silence inside a response body (UpstreamError beyond: the answer is cut).
+        self.idle_timeout = idle_timeout
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._swept_at = 0.0
         self._targets: dict[str, tuple[tuple[str, int], str]] = {}
+        self._watcher: asyncio.Task[None] | None = None
 
     async def request(
         self, base_url: str, method: str, path: str, headers: Iterable[tuple[str, str]], body: bytes
     ) -> UpstreamResponse:
-        """Send one request and return once the response status and headers have arrived."""
+        """Send one request, once, and return when the response status and headers have arrived."""
         target = self._targets.get(base_url)
         if target is None:
             target = self._targets[base_url] = _parse_target(base_url)
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
         key, netloc = target
         head = _encode_head(method, path, netloc, headers, len(body))
-        connection = self._take(key)
-        if connection is not None:
-            try:
-                return await self._send(connection, head, body, method)
-            except UpstreamError:
-                pass  # the backend dropped an idle connection; it never saw this request
-        connection = await self._connect(key)
+        connection = self._take(key) or await self._connect(key)
         return await self._send(connection, head, body, method)
 
+    async def _watch(self) -> None:
+        """Enforce the response and idle timeouts on busy connections (a deadline fires up to a
+        quarter of its length late)."""
+        period = max(0.05, min(1.0, self.response_timeout / 4, self.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.check_timeouts(_loop_time())
+
+    def check_timeouts(self, now: float) -> None:
+        for connection in list(self._all):
+            response = connection.response
+            if response is None or response.complete or response._paused:
+                continue  # parked, done, or silent because lingo paused reading (a slow client)
+            silence = now - connection.last_activity
+            if not response.started.done():
+                if silence > self.response_timeout:
+                    connection._fail(
+                        UpstreamTimeoutError(
+                            f"backend sent no response head within {self.response_timeout:g} s"
+                        )
+                    )
+                    connection.close()
+            elif silence > self.idle_timeout:
+                connection._fail(
+                    UpstreamError(f"backend silent for {self.idle_timeout:g} s inside its answer")
+                )
+                connection.close()
+
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         for connection in list(self._all):
             connection.close()
         self._all.clear()
@@ -349,6 +415,9 @@ class UpstreamPool:
     async def _send(self, connection: _Connection, head: bytes, body: bytes, method: str) -> UpstreamResponse:
         response = UpstreamResponse(connection, head_request=method == "HEAD")
         connection.response = response
+        connection._in_head = True
+        connection._head_bytes = 0
+        connection.last_activity = _loop_time()
         assert connection.transport is not None
         if len(body) < 65536:
             connection.transport.write(head + body)
@@ -371,8 +440,8 @@ class UpstreamPool:
             connection = idle.pop()  # the most recently used: the least likely to be stale
             if connection.closed:
                 continue
-            if now - connection.parked_at > IDLE_TIMEOUT:
-                connection.close()
+            if now - connection.parked_at > IDLE_TIMEOUT or _readable(connection.fd):
+                connection.close()  # stale, or it spoke while parked (stray bytes or the server's close)
                 continue
             connection.reused = True
             return connection
@@ -382,7 +451,6 @@ class UpstreamPool:
         if connection.closed:
             return
         # llhttp resets itself after a complete keep-alive message: the parser is reused as it is.
-        connection._header_bytes = 0
         now = asyncio.get_running_loop().time()
         connection.parked_at = now
         self._idle.setdefault(connection.key, []).append(connection)
@@ -403,6 +471,27 @@ class UpstreamPool:
         idle = self._idle.get(connection.key)
         if idle and connection in idle:
             idle.remove(connection)
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _readable(fd: int) -> bool:
+    """True when a socket has bytes or an EOF waiting (one poll, no wait; select() fails above fd 1024)."""
+    if fd < 0:
+        return False
+    _POLL.register(fd, select.POLLIN)
+    try:
+        return bool(_POLL.poll(0))
+    except OSError:
+        return True
+    finally:
+        _POLL.unregister(fd)
+
+
+#: One poll object for the readability check (registering costs no system call).
+_POLL = select.poll()
 
 
 def _parse_target(base_url: str) -> tuple[tuple[str, int], str]:

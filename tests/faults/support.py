@@ -125,3 +125,21 @@ def requests_total(samples: dict[tuple[str, tuple], float], model: str) -> dict[
         if name == "lingo_requests_total" and label.get("model") == model and label.get("source") == "http":
             totals[label["code"]] = value
     return totals
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """(head, body) of one request with a Content-Length body (or none); (b"", b"") if the peer went away."""
+    head = await read_request_head(reader)
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    try:
+        return head, await reader.readexactly(length)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return b"", b""
+
+
+def ok(body: bytes) -> bytes:
+    """A complete 200 answer carrying `body`."""
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
