@@ -2,8 +2,8 @@
 
 A `ModelQueue` owns all counts of waiting and running work for one model group; the autoscaler,
 the metrics and `/stats` read them from here and nowhere else. Waiting is FIFO within two priority
-classes (HTTP before batch). A request is handed the ready endpoint with the fewest requests in
-flight that still has a free slot (`concurrency` per endpoint).
+classes (HTTP before batch). Which endpoint with a free slot (`concurrency` per endpoint) a request
+is handed is the group's chooser's decision (`lingo.balancing`: fewest in flight, or cache-aware).
 
 Costs stay flat with many waiters: enqueue, hand-off and cancellation are O(1) (cancelled waiters
 are skipped lazily and compacted in bulk); only the endpoint pick scans, and endpoints are few.
@@ -16,8 +16,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from enum import IntEnum
 
+from lingo.balancing import Chooser, make_chooser
 from lingo.errors import LingoError, ModelNotFound, NoEndpoint, QueueFull
 from lingo.models import ModelGroup
+from lingo.prompt_key import RoutingKey
 
 #: Seconds suggested to clients in `Retry-After` when the queue is full.
 QUEUE_FULL_RETRY_AFTER = 1.0
@@ -67,11 +69,12 @@ class Lease:
 
 
 class _Waiter:
-    __slots__ = ("avoid", "future")
+    __slots__ = ("avoid", "future", "key")
 
-    def __init__(self, future: asyncio.Future[Lease], avoid: str | None) -> None:
+    def __init__(self, future: asyncio.Future[Lease], avoid: str | None, key: RoutingKey | None) -> None:
         self.future = future
         self.avoid = avoid
+        self.key = key
 
 
 class ModelQueue:
@@ -83,8 +86,11 @@ class ModelQueue:
         max_queue: int,
         on_demand: Callable[[str], None] | None = None,
     ) -> None:
-        #: The group's spec; replaced when the platform reports a change.
-        self.group = group
+        #: Routing decisions by reason (`lingo_routing_decisions_total`), kept across chooser changes.
+        self.routing_decisions: dict[str, int] = {}
+        #: Picks the endpoint for each request, as the group's `load_balancing` says.
+        self.chooser: Chooser = make_chooser(group, self.routing_decisions)
+        self._group = group
         #: Waiting requests beyond which new ones are refused with 429.
         self.max_queue = max_queue
         #: Called with the group name when a request waits while no endpoint is ready.
@@ -96,8 +102,19 @@ class ModelQueue:
         self._waiting: tuple[deque[_Waiter], deque[_Waiter]] = (deque(), deque())
         self._queued = [0, 0]
         self._in_flight = 0
-        self._rotation = 0
         self._closed: LingoError | None = None
+
+    @property
+    def group(self) -> ModelGroup:
+        """The group's spec; replaced when the platform reports a change."""
+        return self._group
+
+    @group.setter
+    def group(self, group: ModelGroup) -> None:
+        if (group.load_balancing, group.load_factor) != (self._group.load_balancing, self._group.load_factor):
+            self.chooser = make_chooser(group, self.routing_decisions)
+            self.chooser.set_endpoints(self.endpoints)
+        self._group = group
 
     # -- counts read by the autoscaler, metrics and /stats -------------------------------------------
 
@@ -132,6 +149,7 @@ class ModelQueue:
         for url in wanted:
             if url not in self.endpoints:
                 self.endpoints[url] = self.retired.pop(url, None) or Endpoint(url)
+        self.chooser.set_endpoints(self.endpoints)
         self._dispatch()
 
     def in_flight_on(self, url: str) -> int:
@@ -155,12 +173,16 @@ class ModelQueue:
 
     # -- the request path ---------------------------------------------------------------------------
 
-    async def acquire(self, priority: Priority, timeout: float, avoid: str | None = None) -> Lease:
-        """Wait (FIFO within `priority`) for an endpoint slot; raise 429, 503 or 404 errors."""
+    async def acquire(
+        self, priority: Priority, timeout: float, avoid: str | None = None, key: RoutingKey | None = None
+    ) -> Lease:
+        """Wait (FIFO within `priority`) for an endpoint slot; raise 429, 503 or 404 errors.
+
+        `key` (the request's prompt blocks or session) guides a cache-aware chooser."""
         if self._closed is not None:
             raise self._closed
         if not self._waiting_ahead(priority):
-            endpoint = self._pick(avoid)
+            endpoint = self._pick(avoid, key)
             if endpoint is not None:
                 return self._lease(endpoint)
         if self.queued >= self.max_queue:
@@ -170,7 +192,7 @@ class ModelQueue:
             )
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         waiters = self._waiting[priority]
-        waiters.append(_Waiter(future, avoid))
+        waiters.append(_Waiter(future, avoid, key))
         self._queued[priority] += 1
         if not self.endpoints and self.on_demand is not None:
             self.on_demand(self.group.name)
@@ -202,27 +224,9 @@ class ModelQueue:
         self._in_flight += 1
         return Lease(self, endpoint)
 
-    def _pick(self, avoid: str | None) -> Endpoint | None:
-        """The endpoint with the fewest in flight and a free slot, preferring one other than `avoid`."""
-        limit = self.group.concurrency
-        best: Endpoint | None = None
-        fallback: Endpoint | None = None
-        endpoints = list(self.endpoints.values())
-        count = len(endpoints)
-        if count == 0:
-            return None
-        # Rotate the scan start so ties spread across endpoints instead of piling on the first.
-        self._rotation = (self._rotation + 1) % count
-        for i in range(count):
-            endpoint = endpoints[(self._rotation + i) % count]
-            if endpoint.in_flight >= limit:
-                continue
-            if endpoint.url == avoid:
-                fallback = endpoint
-                continue
-            if best is None or endpoint.in_flight < best.in_flight:
-                best = endpoint
-        return best or fallback
+    def _pick(self, avoid: str | None, key: RoutingKey | None) -> Endpoint | None:
+        """An endpoint with a free slot, as the chooser decides; None when all are full."""
+        return self.chooser.choose(list(self.endpoints.values()), self.group.concurrency, key, avoid)
 
     def _release(self, endpoint: Endpoint) -> None:
         endpoint.in_flight -= 1
@@ -240,7 +244,7 @@ class ModelQueue:
                 if waiter.future.done():
                     waiters.popleft()
                     continue
-                endpoint = self._pick(waiter.avoid)
+                endpoint = self._pick(waiter.avoid, waiter.key)
                 if endpoint is None:
                     return
                 waiters.popleft()

@@ -28,6 +28,7 @@ from lingo.batch.envelope import (
 )
 from lingo.errors import BackendUnreachable, LingoError, ModelNotFound
 from lingo.metrics import Metrics
+from lingo.prompt_key import routing_key
 from lingo.proxy.forwarder import Forwarder
 from lingo.queue import ModelQueue, Priority
 from lingo.registry import Registry
@@ -159,9 +160,10 @@ class MessageHandler:
         self, queue: ModelQueue, envelope: Envelope, body: bytes, timeout: float
     ) -> tuple[int, object]:
         """One trip through the shared queue to a backend: (status, response body)."""
+        key = routing_key(envelope.path, envelope.body, queue.group.name) if queue.chooser.wants_key else None
         try:
             async with self.forwarder.exchange(
-                queue, "POST", envelope.path, REQUEST_HEADERS, body, Priority.BATCH, timeout=timeout
+                queue, "POST", envelope.path, REQUEST_HEADERS, body, Priority.BATCH, timeout=timeout, key=key
             ) as exchange:
                 self.metrics.observe_wait(queue.group.name, exchange.waited)
                 data = await exchange.response.read()

@@ -8,9 +8,10 @@ import logging
 
 from lingo.errors import BodyTooLarge, LingoError, ModelNotFound, Unauthorized
 from lingo.metrics import Metrics
+from lingo.prompt_key import RoutingKey, routing_key
 from lingo.proxy.forwarder import Forwarder
 from lingo.proxy.headers import request_headers, response_headers
-from lingo.proxy.model_name import model_from_request
+from lingo.proxy.model_name import ParsedRequest, json_document, parse_request
 from lingo.proxy.responses import error_parts, json_parts
 from lingo.proxy.server import IncomingRequest, ResponseWriter
 from lingo.proxy.upstream import UpstreamError
@@ -55,18 +56,21 @@ class ProxyHandler:
                 if path.startswith("/v1/models/"):
                     out.send(*self._get_model(path[len("/v1/models/") :]))
                     return
-            model = model_from_request(
+            parsed = parse_request(
                 request.header("X-Model"), request.header("Content-Type") or "", request.body
             )
         except LingoError as error:
             out.send(*error_parts(error))
             return
-        queue = self.registry.lookup(model)
+        queue = self.registry.lookup(parsed.model)
         if queue is None:
-            error = ModelNotFound(f"The model `{model}` does not exist or is not served by this lingo.")
+            error = ModelNotFound(
+                f"The model `{parsed.model}` does not exist or is not served by this lingo."
+            )
             out.send(*error_parts(error))
             return
-        await self._forward(request, out, queue)
+        key = _routing_key(request, parsed, queue) if queue.chooser.wants_key else None
+        await self._forward(request, out, queue, key)
 
     def _authorize(self, request: IncomingRequest) -> None:
         if not self.api_keys:
@@ -85,7 +89,9 @@ class ProxyHandler:
             return error_parts(ModelNotFound(f"The model `{name}` does not exist."))
         return json_parts(_model_object(name))
 
-    async def _forward(self, request: IncomingRequest, out: ResponseWriter, queue: ModelQueue) -> None:
+    async def _forward(
+        self, request: IncomingRequest, out: ResponseWriter, queue: ModelQueue, key: RoutingKey | None
+    ) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         group = queue.group.name
@@ -98,6 +104,7 @@ class ProxyHandler:
                 request_headers(request.headers),
                 request.body,
                 Priority.HTTP,
+                key=key,
             ) as exchange:
                 self.metrics.observe_wait(group, exchange.waited)
                 upstream = exchange.response
@@ -123,6 +130,14 @@ class ProxyHandler:
             out.send(*error_parts(error))
         finally:
             self.metrics.observe_request(group, "http", code, loop.time() - started)
+
+
+def _routing_key(request: IncomingRequest, parsed: ParsedRequest, queue: ModelQueue) -> RoutingKey | None:
+    """The request's prompt blocks and session for a cache-aware group (the body is not re-encoded)."""
+    document = parsed.document
+    if document is None and request.header("X-Model"):
+        document = json_document(request.header("Content-Type") or "", request.body)
+    return routing_key(request.path, document, queue.group.name, request.header("X-Session-Id"))
 
 
 def _model_object(name: str) -> dict[str, object]:
