@@ -212,11 +212,12 @@ class PrefixAware:
             if key.session:
                 chosen, reason = self._home(key.home, within), "session"
             else:
-                chosen, matched = self._longest(key.blocks, within)
-                if chosen is not None and matched > key.preamble_blocks:
+                owner = within.get(self.ring.owner(key.home) or "")
+                chosen, matched = self._longest(key.blocks, within, owner)
+                if chosen is not owner and matched > key.preamble_blocks:
                     reason = "prefix"
                 else:
-                    chosen, reason = self._home(key.home, within), "home"
+                    chosen, reason = owner or self._home(key.home, within), "home"
         if chosen is None:
             chosen = self._least.least_loaded(endpoints, limit, avoid)
             if chosen is None:
@@ -238,11 +239,13 @@ class PrefixAware:
                 return endpoint
         return None
 
-    def _longest(self, blocks: tuple[int, ...], within: dict[str, E]) -> tuple[E | None, int]:
-        """The endpoint whose index covers the most leading blocks (fewest in flight on ties)."""
+    def _longest(self, blocks: tuple[int, ...], within: dict[str, E], home: E | None) -> tuple[E | None, int]:
+        """The endpoint whose index covers the most leading blocks; on ties the ring owner `home` (so
+        that several lingo replicas agree), else the fewest in flight."""
         best: E | None = None
         best_length = 0
-        for url, endpoint in within.items():
+        ordered = within.items() if home is None else [(home.url, home), *within.items()]
+        for url, endpoint in ordered:
             index = self.index.get(url)
             if not index:
                 continue
@@ -252,7 +255,10 @@ class PrefixAware:
                     break
                 length += 1
             if length > best_length or (
-                length == best_length and best and endpoint.in_flight < best.in_flight
+                length == best_length
+                and best is not None
+                and best is not home
+                and endpoint.in_flight < best.in_flight
             ):
                 best, best_length = endpoint, length
         return best, best_length

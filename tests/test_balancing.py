@@ -54,7 +54,7 @@ def test_turns_of_a_conversation_follow_the_endpoint_that_served_the_first_turn(
     assert first is not None
     for turns in range(2, 6):
         assert prefix.choose(pool, 10, conversation("ada", turns), None) is first
-    assert prefix.decisions == {"home": 1, "prefix": 4}
+    assert prefix.decisions == {"home": 5}, "the conversation's cache is at its home"
 
 
 def test_a_conversation_that_overflowed_is_followed_where_its_cache_is() -> None:
