@@ -15,9 +15,9 @@ chunk. Runs, each on fresh replicas (empty caches):
 - two lingo processes routing the same workload, turns alternating between them (`prefix`): the
   share of turns served by their conversation's home (the ring owner both compute alike).
 
-Figures per run: mean and p99 TTFT, simulated cache hit rate (cached / prompt blocks), mean and max
-requests in flight per replica (sampled every 50 ms from the replicas' `/stats`), and how often a
-sample shows a replica above ceil(mean x load factor).
+Figures per run: mean and p99 TTFT, simulated cache hit rate (cached / prompt blocks), mean (sampled
+every 50 ms from the replicas' `/stats`) and max requests in flight per replica, and in the hot runs
+the share of the hot-prefix turns each replica served.
 
 `python -m benchmarks.routing [--short]` runs it alone and updates its block of docs/benchmarks.md.
 """
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
-import math
 import random
 import statistics
 import tempfile
@@ -52,7 +52,7 @@ LOAD_FACTOR = 1.25
 #: Share of the cache-blind prefill capacity offered.
 LOAD = 0.70
 #: Simulated replica: prefill seconds (base, per uncached block), seconds per token, tokens, cache.
-TTFT_BASE, PER_BLOCK, TOKEN_DELAY, TOKENS, CACHE_BLOCKS = 0.010, 0.006, 0.004, 16, 768
+TTFT_BASE, PER_BLOCK, TOKEN_DELAY, TOKENS, CACHE_BLOCKS = 0.020, 0.010, 0.040, 24, 512
 SAMPLE_S = 0.05
 REQUEST_TIMEOUT = 120.0
 
@@ -70,7 +70,7 @@ class Size:
 
 
 FULL = Size(conversations=200, turns=8, think=1.0)
-SHORT = Size(conversations=40, turns=4, think=0.3)
+SHORT = Size(conversations=40, turns=6, think=0.3)
 _WORDS = [
     "gear",
     "chain",
@@ -133,7 +133,7 @@ def workload(size: Size, hot: bool, seed: int = 1) -> list[Conversation]:
     conversations = []
     for i in range(size.conversations):
         is_hot = hot and i % 4 == 0
-        questions = [_text(rng, rng.randint(150, 450)) + "?" for _ in range(size.turns)]
+        questions = [_text(rng, rng.randint(300, 900)) + "?" for _ in range(size.turns)]
         system = hot_system if is_hot else systems[i % len(systems)]
         conversations.append(Conversation(f"conversation-{i}", system, questions, is_hot))
     return conversations
@@ -160,6 +160,7 @@ class Result:
     ttft: list[float] = field(default_factory=list)
     errors: int = 0
     served: list[tuple[str, str]] = field(default_factory=list)  # (conversation, replica port)
+    hot_served: list[str] = field(default_factory=list)  # replica ports of the hot-prefix turns
     homes: int = 0
     samples: list[list[int]] = field(default_factory=list)
     cache: list[dict] = field(default_factory=list)  # each replica's /stats at the end
@@ -233,7 +234,10 @@ async def _drive(
                 )
                 if port is not None:
                     result.served.append((conversation.name, port))
-                    key = routing_key(PATH, {"model": MODEL, "messages": messages}, MODEL)
+                    if conversation.hot:
+                        result.hot_served.append(port)
+                    session_id = conversation.name if session_ids else None
+                    key = routing_key(PATH, {"model": MODEL, "messages": messages}, MODEL, session_id)
                     home = ring.owner(key.home) if key else None
                     result.homes += home is not None and home.endswith(":" + port)
                 await asyncio.sleep(thinks[turn])
@@ -256,15 +260,15 @@ async def _drive(
     return result
 
 
-def _figures(result: Result, wall: float) -> dict:
+def _figures(result: Result) -> dict:
     ttft = sorted(result.ttft)
     cache = result.cache
     prompt_blocks = sum(s["prompt_blocks"] for s in cache)
-    busy = [sample for sample in result.samples if sum(sample) > 0]
     per_replica_mean = (
         [statistics.fmean(s[i] for s in result.samples) for i in range(REPLICAS)] if result.samples else []
     )
-    over = sum(max(s) > math.ceil(sum(s) * LOAD_FACTOR / len(s) - 1e-9) for s in busy)
+    ports = sorted({port for _, port in result.served})
+    hot = collections.Counter(result.hot_served)
     sticky = _stickiness(result.served)
     return {
         "requests": len(ttft),
@@ -279,7 +283,7 @@ def _figures(result: Result, wall: float) -> dict:
         else 0,
         "in_flight_mean": [round(m, 2) for m in per_replica_mean],
         "in_flight_max": [s["max_in_flight"] for s in cache],
-        "samples_above_bound": f"{over}/{len(busy)}",
+        "hot_share": [round(hot[port] / len(result.hot_served), 2) for port in ports] if hot else [],
         "turns_at_home": round(result.homes / len(result.served), 3) if result.served else 0,
         "turns_on_previous_replica": sticky,
     }
@@ -330,9 +334,8 @@ def _one(
         conversations = workload(size, hot)
         prefill = blind_prefill_seconds(conversations)
         rate = LOAD * REPLICAS / prefill
-        started = time.monotonic()
         result = asyncio.run(_drive([f.url for f in fronts], urls, conversations, size, rate, session_ids))
-        figures = _figures(result, time.monotonic() - started)
+        figures = _figures(result)
         figures["strategy"] = strategy + (" + X-Session-Id" if session_ids else "")
         figures["offered_req_per_s"] = round(rate, 1)
         figures["blind_prefill_ms"] = round(prefill * 1e3, 1)
@@ -342,8 +345,8 @@ def _one(
             server.stop()
 
 
-def run(workdir: Path, short: bool = False) -> dict:
-    """Every run of the section; figures by run name."""
+def run(workdir: Path, short: bool = False, only: list[str] | None = None) -> dict:
+    """Every run of the section (or those in `only`); figures by run name."""
     size = SHORT if short else FULL
     runs = {
         "least-load": dict(strategy="least-load"),
@@ -362,6 +365,8 @@ def run(workdir: Path, short: bool = False) -> dict:
         },
     }  # fmt: skip
     for name, options in runs.items():
+        if only and name not in only:
+            continue
         print(f"   routing: {name}", flush=True)
         try:
             figures[name] = _one(workdir, name, size, **options)  # type: ignore[arg-type]
@@ -377,7 +382,7 @@ def render(figures: dict) -> str:
         "## Cache-aware routing",
         "",
         f"{size['conversations']} conversations x {size['turns']} turns (5 shared system prompts of 2-4 k "
-        f"characters, questions of 150-450, think time ~{size['think_s']:g} s), streamed through lingo to "
+        f"characters, questions of 300-900, think time ~{size['think_s']:g} s), streamed through lingo to "
         f"{REPLICAS} `lingo fake-model` replicas with a simulated prefix cache of {replica['cache_blocks']} "
         f"blocks of {replica['block_bytes']} bytes each; TTFT = {replica['ttft_base_ms']:g} ms + "
         f"{replica['per_uncached_block_ms']:g} ms per uncached block in one prefill lane per replica, then "
@@ -387,13 +392,13 @@ def render(figures: dict) -> str:
     ]
     header = [
         "run",
-        "req/s offered / done",
+        "requests (req/s offered)",
         "TTFT mean ms",
         "TTFT p99 ms",
         "cache hit rate",
         "in flight per replica: mean",
         "max",
-        "samples above bound",
+        "hot-prefix turns per replica",
         "turns at home",
         "turns on previous replica",
         "errors",
@@ -408,13 +413,13 @@ def render(figures: dict) -> str:
             continue
         cells = [
             f"{name} ({f['strategy']})",
-            f"{f['offered_req_per_s']} / {f['req_per_s']}",
+            f"{f['requests']} ({f['offered_req_per_s']})",
             f["ttft_mean_ms"],
             f["ttft_p99_ms"],
             f"{f['cache_hit_rate']:.1%}",
             ", ".join(map(str, f["in_flight_mean"])),
             ", ".join(map(str, f["in_flight_max"])),
-            f["samples_above_bound"],
+            ", ".join(f"{share:.0%}" for share in f["hot_share"]) or "-",
             f"{f['turns_at_home']:.1%}",
             f"{f['turns_on_previous_replica']:.1%}",
             f["errors"],
@@ -425,9 +430,7 @@ def render(figures: dict) -> str:
         "*hot*: a quarter of the conversations share one 8 k-character system prompt. *two-lingos*: two "
         "lingo processes, each conversation's turns alternating between them. *turns at home*: served by "
         "the ring owner of the conversation's home (what every lingo computes alike, without shared "
-        "state). *samples above bound*: 50 ms samples of the replicas' in-flight counts where one replica "
-        "is above ceil(mean x load factor) (the bound holds when a request is placed; a sample may catch "
-        "other replicas' requests just finished).",
+        "state); with `X-Session-Id` the home is the session's.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -440,10 +443,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.routing", description=__doc__.splitlines()[0])
     parser.add_argument("--short", action="store_true", help="40 conversations x 4 turns (a quick check)")
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--run", action="append", help="only this run (repeatable), e.g. prefix")
     args = parser.parse_args(argv)
     targets.raise_nofile()
     targets.pin(targets.LOAD_CORES)
-    figures = run(Path(tempfile.mkdtemp(prefix="lingo-bench-routing-")), args.short)
+    workdir = Path(tempfile.mkdtemp(prefix="lingo-bench-routing-"))
+    figures = run(workdir, args.short, args.run)
+    (workdir / "routing.json").write_text(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
     if not args.no_docs:
         update_docs(ROOT / "docs" / "benchmarks.md", figures)
     print(render(figures))
