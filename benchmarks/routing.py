@@ -6,8 +6,8 @@ blocks, time to first token = base + cost per uncached block, spent in one prefi
 
 Workload: conversations of several turns, each opening with one of a handful of shared system prompts
 (2-4 k characters), a think time between turns; conversations arrive open-loop (Poisson) at ~70 % of
-the replicas' prefill capacity under cache-blind routing (capacity computed from the exact prompts:
-every block after the system prompt uncached). Each turn streams; TTFT is the time to the first SSE
+the replicas' prefill capacity under cache-blind routing (capacity = replicas / mean prefill time of a
+`least-load` calibration run on 40 of the conversations). Each turn streams; TTFT is the time to the first SSE
 chunk. Runs, each on fresh replicas (empty caches):
 
 - `least-load`, `prefix`, and `prefix` with `X-Session-Id` per conversation;
@@ -54,6 +54,8 @@ LOAD = 0.70
 #: Simulated replica: prefill seconds (base, per uncached block), seconds per token, tokens, cache.
 TTFT_BASE, PER_BLOCK, TOKEN_DELAY, TOKENS, CACHE_BLOCKS = 0.020, 0.010, 0.040, 24, 512
 SAMPLE_S = 0.05
+#: Conversations of the calibration run that measures the cache-blind capacity.
+CALIBRATION_CONVERSATIONS = 40
 REQUEST_TIMEOUT = 120.0
 
 
@@ -278,6 +280,8 @@ def _figures(result: Result) -> dict:
         "ttft_p99_ms": round(ttft[min(len(ttft) - 1, round(0.99 * (len(ttft) - 1)))] * 1e3, 1)
         if ttft
         else None,
+        "prefill_wait_ms": round(sum(s["prefill_wait_s"] for s in cache) / len(ttft) * 1e3, 1) if ttft else 0,
+        "prefill_ms": round(sum(s["prefill_s"] for s in cache) / len(ttft) * 1e3, 1) if ttft else 0,
         "cache_hit_rate": round(sum(s["cached_blocks"] for s in cache) / prompt_blocks, 3)
         if prompt_blocks
         else 0,
@@ -309,7 +313,9 @@ def _one(
     hot: bool = False,
     lingos: int = 1,
     session_ids: bool = False,
+    rate: float | None = None,
 ) -> dict:
+    """One run on fresh replicas; `rate` req/s offered (default: LOAD of the cache-blind estimate)."""
     flags = [
         "--prefix-cache-blocks", str(CACHE_BLOCKS),
         "--ttft-base", str(TTFT_BASE),
@@ -333,7 +339,7 @@ def _one(
         servers += fronts
         conversations = workload(size, hot)
         prefill = blind_prefill_seconds(conversations)
-        rate = LOAD * REPLICAS / prefill
+        rate = rate or LOAD * REPLICAS / prefill
         result = asyncio.run(_drive([f.url for f in fronts], urls, conversations, size, rate, session_ids))
         figures = _figures(result)
         figures["strategy"] = strategy + (" + X-Session-Id" if session_ids else "")
@@ -343,6 +349,15 @@ def _one(
     finally:
         for server in servers:
             server.stop()
+
+
+def _capacity(workdir: Path, size: Size, hot: bool) -> float:
+    """Requests/s the replicas' prefill lanes sustain under `least-load`, from the mean prefill time
+    of a calibration run (a subset of the conversations at the cache-blind estimate of 70 %)."""
+    subset = Size(min(CALIBRATION_CONVERSATIONS, size.conversations), size.turns, size.think)
+    print("   routing: calibration" + (" (hot)" if hot else ""), flush=True)
+    figures = _one(workdir, "calibration", subset, "least-load", hot=hot)
+    return REPLICAS / (figures["prefill_ms"] / 1e3)
 
 
 def run(workdir: Path, short: bool = False, only: list[str] | None = None) -> dict:
@@ -364,12 +379,17 @@ def run(workdir: Path, short: bool = False, only: list[str] | None = None) -> di
             "block_bytes": BLOCK_SIZE,
         },
     }  # fmt: skip
+    rates: dict[bool, float] = {}
     for name, options in runs.items():
         if only and name not in only:
             continue
+        hot = bool(options.get("hot"))
         print(f"   routing: {name}", flush=True)
         try:
-            figures[name] = _one(workdir, name, size, **options)  # type: ignore[arg-type]
+            if hot not in rates:
+                rates[hot] = _capacity(workdir, size, hot) * LOAD
+                figures["capacity" + ("-hot" if hot else "")] = round(rates[hot] / LOAD, 1)
+            figures[name] = _one(workdir, name, size, rate=rates[hot], **options)  # type: ignore[arg-type]
         except Exception as exc:  # one failed run must not hide the others
             figures[name] = {"failed": repr(exc)}
     return figures
@@ -387,7 +407,9 @@ def render(figures: dict) -> str:
         f"blocks of {replica['block_bytes']} bytes each; TTFT = {replica['ttft_base_ms']:g} ms + "
         f"{replica['per_uncached_block_ms']:g} ms per uncached block in one prefill lane per replica, then "
         f"{replica['tokens']} tokens at {replica['token_delay_ms']:g} ms. Conversations arrive open-loop at "
-        f"{LOAD:.0%} of the cache-blind prefill capacity; load factor {LOAD_FACTOR}.",
+        f"{LOAD:.0%} of the prefill capacity under `least-load` ({figures.get('capacity', '?')} req/s, "
+        f"measured by a calibration run; hot workload {figures.get('capacity-hot', '?')} req/s); "
+        f"load factor {LOAD_FACTOR}.",
         "",
     ]
     header = [
@@ -396,6 +418,7 @@ def render(figures: dict) -> str:
         "TTFT mean ms",
         "TTFT p99 ms",
         "cache hit rate",
+        "prefill wait / prefill ms",
         "in flight per replica: mean",
         "max",
         "hot-prefix turns per replica",
@@ -417,6 +440,7 @@ def render(figures: dict) -> str:
             f["ttft_mean_ms"],
             f["ttft_p99_ms"],
             f"{f['cache_hit_rate']:.1%}",
+            f"{f['prefill_wait_ms']} / {f['prefill_ms']}",
             ", ".join(map(str, f["in_flight_mean"])),
             ", ".join(map(str, f["in_flight_max"])),
             ", ".join(f"{share:.0%}" for share in f["hot_share"]) or "-",

@@ -103,6 +103,9 @@ class FakeModel:
         #: Prompt blocks seen, and those found in the simulated cache.
         self.prompt_blocks = 0
         self.cached_blocks = 0
+        #: Seconds prefills waited for the prefill lane, and seconds spent in it (summed).
+        self.prefill_wait = 0.0
+        self.prefill_time = 0.0
         #: The simulated prefix cache, when enabled.
         self.cache = PrefixCache(options.prefix_cache_blocks) if options.prefix_cache_blocks else None
         self._prefill = asyncio.Semaphore(max(1, options.prefill_concurrency))
@@ -134,6 +137,8 @@ class FakeModel:
             "max_in_flight": self.max_in_flight,
             "prompt_blocks": self.prompt_blocks,
             "cached_blocks": self.cached_blocks,
+            "prefill_wait_s": round(self.prefill_wait, 6),
+            "prefill_s": round(self.prefill_time, 6),
         }
         return web.json_response(body, headers=self._served_by)
 
@@ -212,8 +217,12 @@ class FakeModel:
         self.cached_blocks += hits
         seconds = options.ttft_base + options.ttft_per_uncached_block * (len(blocks) - hits)
         if seconds > 0:
+            queued = time.monotonic()
             async with self._prefill:
+                started = time.monotonic()
                 await asyncio.sleep(seconds)
+            self.prefill_wait += started - queued
+            self.prefill_time += time.monotonic() - started
         return {
             **self._served_by,
             "X-Prefix-Cache-Hit-Blocks": str(hits),
@@ -234,7 +243,8 @@ class FakeModel:
             )
             await response.prepare(request)
             for i in range(count):
-                if self.options.token_delay:
+                # With the simulated cache, the prefill was the wait for the first token.
+                if self.options.token_delay and (i or self.cache is None):
                     await asyncio.sleep(self.options.token_delay)
                 text = f" token{i}"
                 choice: dict = {"index": 0, "finish_reason": None, "logprobs": None}
