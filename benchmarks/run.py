@@ -1,9 +1,10 @@
 """`python -m benchmarks.run`: every benchmark, one after another, then the report.
 
 Sections: proxy overhead (+ uvloop experiment, hey cross-check), py-spy profile at c=64, streaming,
-cold start while holding 10,000 requests, batch when `benchmarks/batch.py` exists, and a soak (mixed
-HTTP + batch for minutes). Each section is bounded in time; one that fails is reported as failed and
-the others still run. The soak has its own section of docs/benchmarks.md, below the generated part,
+cold start while holding 10,000 requests, batch when `benchmarks/batch.py` exists, a soak (mixed
+HTTP + batch for minutes), and cache-aware routing (multi-turn chat on simulated-cache replicas; its
+own block of docs/benchmarks.md, like the soak). Each section is bounded in time; one that fails is
+reported as failed and the others still run. The soak has its own section of docs/benchmarks.md, below the generated part,
 so `--only soak` leaves the other figures there alone.
 
 Raw results go to `benchmarks/results/<UTC stamp>/` (git-ignored): results.json, report.md, wrk
@@ -31,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import coldstart, overhead, report, soak, streaming, targets
+from benchmarks import coldstart, overhead, report, routing, soak, streaming, targets
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("wrk", "hey", "nginx", "haproxy", "taskset")
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=("overhead", "streaming", "coldstart", "batch", "soak"),
+        choices=("overhead", "streaming", "coldstart", "batch", "soak", "routing"),
         help="run only these sections (repeatable; overhead includes the profile)",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per run (default 5)")
@@ -108,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--soak-seconds", type=float, default=300.0, help="soak duration in seconds (default 300)"
+    )
+    parser.add_argument(
+        "--routing-short",
+        action="store_true",
+        help="routing section at its quick size (40 conversations x 6 turns)",
     )
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--render", metavar="RESULTS_JSON", help="only redo the report from a results.json")
@@ -136,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "coldstart": lambda: coldstart.run(workdir, results, args.rounds),
         "batch": lambda: run_batch(results),
         "soak": lambda: soak.run(workdir, args.soak_seconds),
+        "routing": lambda: routing.run(workdir, args.routing_short),
     }
     for name, section in sections.items():
         if args.only and name not in args.only:
@@ -160,13 +167,17 @@ def publish(figures: dict, results: Path, docs: bool) -> int:
     """Write report.md (and the docs' generated part), print it; 1 if a section failed."""
     markdown = report.render(figures)
     soak_markdown = report.render_soak(figures)  # its own section of the docs, below the generated part
-    (results / "report.md").write_text(markdown + soak_markdown)
+    routed = figures.get("routing")
+    routing_markdown = "\n" + routing.render(routed) if routed and "failed" not in routed else ""
+    (results / "report.md").write_text(markdown + soak_markdown + routing_markdown)
     if docs:
-        if set(figures) - {"machine", "soak"}:  # `--only soak` keeps the other sections' figures
+        if set(figures) - {"machine", "soak", "routing"}:  # `--only soak` keeps the other sections' figures
             report.update_docs(ROOT / "docs" / "benchmarks.md", markdown)
         if soak_markdown:
             report.update_soak_docs(ROOT / "docs" / "benchmarks.md", soak_markdown)
-    markdown += soak_markdown
+        if routing_markdown:
+            routing.update_docs(ROOT / "docs" / "benchmarks.md", routed)
+    markdown += soak_markdown + routing_markdown
     print("\n" + markdown)
     return 1 if any(isinstance(v, dict) and "failed" in v for v in figures.values()) else 0
 
