@@ -4,8 +4,8 @@ Sections: proxy overhead (+ uvloop experiment, hey cross-check), py-spy profile 
 cold start while holding 10,000 requests, batch when `benchmarks/batch.py` exists, a soak (mixed
 HTTP + batch for minutes), and cache-aware routing (multi-turn chat on simulated-cache replicas; its
 own block of docs/benchmarks.md, like the soak). Each section is bounded in time; one that fails is
-reported as failed and the others still run. The soak has its own section of docs/benchmarks.md, below the generated part,
-so `--only soak` leaves the other figures there alone.
+reported as failed and the others still run. The soak has its own section of docs/benchmarks.md,
+below the generated part, so `--only soak` leaves the other figures there alone.
 
 Raw results go to `benchmarks/results/<UTC stamp>/` (git-ignored): results.json, report.md, wrk
 output, py-spy samples and flame graph, server logs. The report also replaces the generated part of
