@@ -271,7 +271,7 @@ async def test_model_from_header_and_multipart_and_hop_by_hop_headers_dropped(
 
 async def test_requests_spread_by_fewest_in_flight(start_lingo, fake_model) -> None:
     backends = [fake_model("--latency", "0.2"), fake_model("--latency", "0.2")]
-    lingo = await start_lingo(static(*(b.url for b in backends)))
+    lingo = await start_lingo(static(*(b.url for b in backends)) + "    load_balancing: least-load\n")
     client = client_for(lingo)
     replies = await asyncio.gather(
         *(client.completions.with_raw_response.create(model="static", prompt="x") for _ in range(20))

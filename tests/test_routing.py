@@ -7,6 +7,7 @@ import collections
 
 import aiohttp
 import openai
+from aiohttp import web
 
 SYSTEM = "You are the support assistant of a bicycle shop. Answer briefly and politely. " * 30
 CACHE_FLAGS = ("--prefix-cache-blocks", "2000", "--tokens", "4")
@@ -91,3 +92,39 @@ async def test_least_load_spreads_the_turns_of_a_conversation(start_lingo, fake_
     ports = {(await converse(client, history, f"question {turn}"))[0] for turn in range(6)}
     await client.close()
     assert len(ports) == 3, "cache-blind rotation: the same conversation lands everywhere"
+
+
+async def test_body_is_forwarded_byte_for_byte_while_its_prompt_is_keyed(start_lingo) -> None:
+    received: list[bytes] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.json_response({"id": "x", "object": "chat.completion", "choices": []})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        lingo = await start_lingo(models(f"http://127.0.0.1:{port}", strategy="prefix"))
+        # Tool-schema keys in an unusual order, odd whitespace, escapes: a router that re-serialised
+        # this would reorder the keys and break the backend's prefix cache.
+        body = (
+            b'{ "tools":[{"function":{"parameters":{"required":["z","a"],"type":"object",'
+            b'"properties":{"z":{"type":"string"},"a":{"type":"number"}}},"name":"f"},"type":"function"}],\n'
+            b'  "messages" : [{"content":"caf\\u00e9 \\"quoted\\"","role":"user"}], "model":"chat" }'
+        )
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                lingo.url() + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+            ) as response,
+        ):
+            assert response.status == 200
+        assert received == [body]
+        assert lingo.registry.queues["chat"].routing_decisions == {"home": 1}
+    finally:
+        await runner.cleanup()
