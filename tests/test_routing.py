@@ -7,7 +7,11 @@ import collections
 
 import aiohttp
 import openai
+import orjson
 from aiohttp import web
+
+from tests.batch.conftest import MemKit
+from tests.conftest import fetch_json
 
 SYSTEM = "You are the support assistant of a bicycle shop. Answer briefly and politely. " * 30
 CACHE_FLAGS = ("--prefix-cache-blocks", "2000", "--tokens", "4")
@@ -128,3 +132,29 @@ async def test_body_is_forwarded_byte_for_byte_while_its_prompt_is_keyed(start_l
         assert lingo.registry.queues["chat"].routing_decisions == {"home": 1}
     finally:
         await runner.cleanup()
+
+
+async def test_batch_requests_are_routed_by_their_prompt_too(start_lingo, fake_model) -> None:
+    replicas = [fake_model(*CACHE_FLAGS) for _ in range(3)]
+    kit = MemKit("mem")
+    try:
+        await kit.setup()
+        lingo = await start_lingo(
+            models(*(r.url for r in replicas), strategy="prefix"), messengers=[kit.messenger()]
+        )
+        history: list[dict] = [{"role": "system", "content": SYSTEM}]
+        for turn in range(3):
+            history.append({"role": "user", "content": f"batch question {turn} about the brakes"})
+            body = {"model": "chat", "messages": history, "max_tokens": 2}
+            await kit.publish(
+                orjson.dumps({"path": "/v1/chat/completions", "metadata": {"turn": turn}, "body": body})
+            )
+            answer = (await kit.collect(turn + 1, timeout=30))[turn]
+            assert answer.status_code == 200
+            history.append(answer.body["choices"][0]["message"])
+        decisions = lingo.registry.queues["chat"].routing_decisions
+        assert decisions.keys() <= {"home", "prefix"} and sum(decisions.values()) == 3, decisions
+        cached = [await fetch_json(r.url + "/stats") for r in replicas]
+        assert sum(s["cached_blocks"] for s in cached) > 0, "later turns hit the replica holding earlier ones"
+    finally:
+        await kit.cleanup()
