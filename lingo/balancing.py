@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Points per endpoint on the consistent-hash ring (more points, evener shares).
 VIRTUAL_NODES = 128
-#: Block hashes remembered per endpoint (about 100 bytes each); the least recently routed go first.
-INDEX_BLOCKS = 32768
+#: Block hashes remembered per endpoint (2 MiB of prompt, about 1 MB of memory); least recent go first.
+INDEX_BLOCKS = 8192
 
 #: Decision reasons, the `reason` label of `lingo_routing_decisions_total`.
 REASONS = ("prefix", "home", "session", "least_load", "overflow")
