@@ -32,6 +32,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,8 +53,10 @@ LOAD_FACTOR = 1.25
 #: Share of the cache-blind prefill capacity offered.
 LOAD = 0.70
 #: Simulated replica: prefill seconds (base, per uncached block), seconds per token, tokens, cache.
-TTFT_BASE, PER_BLOCK, TOKEN_DELAY, TOKENS, CACHE_BLOCKS = 0.020, 0.010, 0.040, 24, 512
+TTFT_BASE, PER_BLOCK, TOKEN_DELAY, TOKENS, CACHE_BLOCKS = 0.020, 0.010, 0.008, 128, 512
 SAMPLE_S = 0.05
+#: Tries to start a server (another process may take its free port first).
+START_ATTEMPTS = 3
 #: Conversations of the calibration run that measures the cache-blind capacity.
 CALIBRATION_CONVERSATIONS = 40
 REQUEST_TIMEOUT = 120.0
@@ -304,6 +307,17 @@ def _stickiness(served: list[tuple[str, str]]) -> float:
     return round(same / later, 3) if later else 0.0
 
 
+def _started(start: Callable[[], targets.Server]) -> targets.Server:
+    """`start()`, tried again when the free port it picked was taken before it could listen."""
+    for attempt in range(START_ATTEMPTS):
+        try:
+            return start()
+        except RuntimeError:
+            if attempt == START_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _one(
     workdir: Path,
     name: str,
@@ -326,7 +340,7 @@ def _one(
     ]  # fmt: skip
     servers: list[targets.Server] = []
     try:
-        replicas = [targets.fake_model(workdir, *flags) for _ in range(REPLICAS)]
+        replicas = [_started(lambda: targets.fake_model(workdir, *flags)) for _ in range(REPLICAS)]
         servers += replicas
         urls = [r.url for r in replicas]
         models = {
@@ -335,7 +349,10 @@ def _one(
                  "load_factor": LOAD_FACTOR}
             ]
         }  # fmt: skip
-        fronts = [targets.lingo(f"lingo-routing-{name}-{i}", workdir, models) for i in range(lingos)]
+        fronts = [
+            _started(lambda i=i: targets.lingo(f"lingo-routing-{name}-{i}", workdir, models))  # type: ignore[misc]
+            for i in range(lingos)
+        ]
         servers += fronts
         conversations = workload(size, hot)
         prefill = blind_prefill_seconds(conversations)
