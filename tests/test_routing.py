@@ -158,3 +158,15 @@ async def test_batch_requests_are_routed_by_their_prompt_too(start_lingo, fake_m
         assert sum(s["cached_blocks"] for s in cached) > 0, "later turns hit the replica holding earlier ones"
     finally:
         await kit.cleanup()
+
+
+async def test_prompt_is_keyed_when_the_model_comes_from_the_x_model_header(start_lingo, fake_model) -> None:
+    lingo = await start_lingo(models(fake_model(*CACHE_FLAGS).url, strategy="prefix"))
+    body = orjson.dumps({"messages": [{"role": "user", "content": "hello"}]})
+    headers = {"X-Model": "chat", "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(lingo.url() + "/v1/chat/completions", data=body, headers=headers) as response,
+    ):
+        assert response.status == 200
+    assert lingo.registry.queues["chat"].routing_decisions == {"home": 1}
