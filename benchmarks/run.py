@@ -3,10 +3,11 @@
 Sections: proxy overhead (+ uvloop experiment, hey cross-check), py-spy profile at c=64, streaming,
 cold start while holding 10,000 requests, batch when `benchmarks/batch.py` exists, priority classes
 under a saturating batch and under overload, the Batches API, a soak (mixed HTTP + batch for
-minutes), and peak memory under ten concurrent 60 MB uploads. Each section is bounded in time; one
-that fails is reported as failed and the others still run. The soak, the priorities, the Batches API
-and the uploads have their own blocks of docs/benchmarks.md, below the generated part, so `--only
-soak` (or priorities, batchapi, uploads) leaves the other figures there alone.
+minutes), peak memory under ten concurrent 60 MB uploads, and cache-aware routing (multi-turn chat on
+simulated-cache replicas). Each section is bounded in time; one that fails is reported as failed and
+the others still run. The soak and the sections in `OWN_BLOCKS` have their own blocks of
+docs/benchmarks.md, below the generated part, so `--only soak` (or any of those) leaves the other
+figures there alone.
 
 Raw results go to `benchmarks/results/<UTC stamp>/` (git-ignored): results.json, report.md, wrk
 output, py-spy samples and flame graph, server logs. The report also replaces the generated part of
@@ -33,11 +34,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import batchapi, coldstart, overhead, priorities, report, soak, streaming, targets, uploads
+from benchmarks import (
+    batchapi,
+    coldstart,
+    overhead,
+    priorities,
+    report,
+    routing,
+    soak,
+    streaming,
+    targets,
+    uploads,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("wrk", "hey", "nginx", "haproxy", "taskset")
 BATCH_TIMEOUT = 900
+#: Sections that keep their own block of docs/benchmarks.md (each module has `render(figures)`).
+OWN_BLOCKS = {"priorities": priorities, "batchapi": batchapi, "uploads": uploads, "routing": routing}
 
 
 def _first_line(argv: list[str]) -> str:
@@ -101,7 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=("overhead", "streaming", "coldstart", "batch", "priorities", "batchapi", "soak", "uploads"),
+        choices=(
+            "overhead",
+            "streaming",
+            "coldstart",
+            "batch",
+            "priorities",
+            "batchapi",
+            "soak",
+            "uploads",
+            "routing",
+        ),
         help="run only these sections (repeatable; overhead includes the profile)",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per run (default 5)")
@@ -125,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=60.0,
         help="size of each of the ten concurrent uploads (default 60)",
+    )
+    parser.add_argument(
+        "--routing-short",
+        action="store_true",
+        help="routing section at its quick size (40 conversations x 6 turns)",
     )
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--render", metavar="RESULTS_JSON", help="only redo the report from a results.json")
@@ -156,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "batchapi": lambda: batchapi.run(workdir, args.batchapi_lines, docs=not args.no_docs),
         "soak": lambda: soak.run(workdir, args.soak_seconds),
         "uploads": lambda: uploads.run(workdir, args.upload_mb, docs=not args.no_docs),
+        "routing": lambda: routing.run(workdir, args.routing_short),
     }
     for name, section in sections.items():
         if args.only and name not in args.only:
@@ -180,23 +210,24 @@ def publish(figures: dict, results: Path, docs: bool) -> int:
     """Write report.md (and the docs' generated part), print it; 1 if a section failed."""
     markdown = report.render(figures)
     soak_markdown = report.render_soak(figures)  # its own section of the docs, below the generated part
-    # The priorities and Batches API figures have their own blocks of the docs.
-    priorities_markdown = "\n" + priorities.render(figures["priorities"]) if "priorities" in figures else ""
-    api = figures.get("batchapi")
-    if isinstance(api, dict) and "failed" not in api:  # its docs block was written by the section itself
-        markdown += "\n" + batchapi.render(api)
-    (results / "report.md").write_text(markdown + soak_markdown + priorities_markdown)
+    own = {
+        name: "\n" + module.render(figures[name])
+        for name, module in OWN_BLOCKS.items()
+        if isinstance(figures.get(name), dict) and "failed" not in figures[name]
+    }
+    extra = "".join(own.values())
+    (results / "report.md").write_text(markdown + soak_markdown + extra)
     if docs:
-        # `--only` of a section with its own block keeps the other sections' figures.
-        if set(figures) - {"machine", "soak", "priorities", "batchapi", "uploads"}:
+        # `--only` of sections with their own blocks keeps the generated part as it is.
+        if set(figures) - {"machine", "soak", *OWN_BLOCKS}:
             report.update_docs(ROOT / "docs" / "benchmarks.md", markdown)
-        if "priorities" in figures:
-            priorities.update_docs(ROOT / "docs" / "benchmarks.md", figures["priorities"])
         if soak_markdown:
             report.update_soak_docs(ROOT / "docs" / "benchmarks.md", soak_markdown)
-    markdown += soak_markdown + priorities_markdown
-    if isinstance(figures.get("uploads"), dict) and "failed" not in figures["uploads"]:
-        markdown += "\n" + uploads.render(figures["uploads"])
+        for name in own:
+            update = getattr(OWN_BLOCKS[name], "update_docs", None)
+            if update is not None:  # the others wrote their block while they ran
+                update(ROOT / "docs" / "benchmarks.md", figures[name])
+    markdown += soak_markdown + extra
     print("\n" + markdown)
     return 1 if any(isinstance(v, dict) and "failed" in v for v in figures.values()) else 0
 

@@ -3,6 +3,13 @@
 It answers completions, chat completions (also as SSE with `stream: true`), embeddings, `/v1/models`
 and `/health`, with knobs for startup delay, latency, per-token delay and failures. Every response
 carries `X-Served-By: <port>` so tests can see how requests spread across replicas.
+
+With `--prefix-cache-blocks N` it simulates a model server's prefix (KV) cache: the prompt is cut
+into blocks exactly as lingo's routing key cuts it (`lingo.prompt_key`), the replica remembers the
+last N blocks it saw (LRU), and the time to first token is `--ttft-base` plus
+`--ttft-per-uncached-block` for each block after the longest cached prefix, spent in a prefill lane
+of `--prefill-concurrency` requests at a time (the GPU's compute). Answers carry
+`X-Prefix-Cache-Hit-Blocks` and `X-Prefix-Cache-Blocks`; `GET /stats` sums them.
 """
 
 from __future__ import annotations
@@ -14,10 +21,16 @@ import os
 import random
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
+
+from lingo.prompt_key import BLOCK_SIZE, block_hashes, canonical_prompt
+
+#: Blocks of one prompt the simulated cache looks at, at most.
+MAX_PROMPT_BLOCKS = 100_000
 
 
 @dataclass
@@ -44,6 +57,39 @@ class FakeModelOptions:
     model: str = "fake"
     #: Length of embedding vectors.
     dimensions: int = 8
+    #: Prompt blocks the simulated prefix cache holds; 0 turns the simulation off.
+    prefix_cache_blocks: int = 0
+    #: Bytes of canonical prompt per simulated cache block.
+    block_size: int = BLOCK_SIZE
+    #: Seconds of every prefill (time to first token with the whole prompt cached).
+    ttft_base: float = 0.0
+    #: Seconds of prefill per prompt block not found in the cache.
+    ttft_per_uncached_block: float = 0.0
+    #: Prefills that run at the same time; the others wait their turn.
+    prefill_concurrency: int = 1
+
+
+class PrefixCache:
+    """An LRU of prompt block hashes: how much of a prompt a model server would not recompute."""
+
+    def __init__(self, capacity: int) -> None:
+        #: Blocks held at most.
+        self.capacity = capacity
+        self._blocks: OrderedDict[int, None] = OrderedDict()
+
+    def lookup_and_insert(self, blocks: list[int]) -> int:
+        """How many leading `blocks` were cached; then all of them are (most recent first)."""
+        hits = 0
+        for block in blocks:
+            if block not in self._blocks:
+                break
+            hits += 1
+        for block in reversed(blocks):
+            self._blocks[block] = None
+            self._blocks.move_to_end(block)
+        while len(self._blocks) > self.capacity:
+            self._blocks.popitem(last=False)
+        return hits
 
 
 class FakeModel:
@@ -53,12 +99,25 @@ class FakeModel:
         self.options = options
         #: Generation requests answered so far.
         self.requests = 0
+        #: Generation requests being answered now, and the most at once.
+        self.in_flight = 0
+        self.max_in_flight = 0
+        #: Prompt blocks seen, and those found in the simulated cache.
+        self.prompt_blocks = 0
+        self.cached_blocks = 0
+        #: Seconds prefills waited for the prefill lane, and seconds spent in it (summed).
+        self.prefill_wait = 0.0
+        self.prefill_time = 0.0
+        #: The simulated prefix cache, when enabled.
+        self.cache = PrefixCache(options.prefix_cache_blocks) if options.prefix_cache_blocks else None
+        self._prefill = asyncio.Semaphore(max(1, options.prefill_concurrency))
         self._served_by = {"X-Served-By": str(options.port)}
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_get("/health", self.health)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/stats", self.stats)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
@@ -71,6 +130,19 @@ class FakeModel:
     async def models(self, request: web.Request) -> web.Response:
         data = [{"id": self.options.model, "object": "model", "created": 0, "owned_by": "fake"}]
         return web.json_response({"object": "list", "data": data}, headers=self._served_by)
+
+    async def stats(self, request: web.Request) -> web.Response:
+        """Counters for benchmarks: requests, in flight, simulated cache hits."""
+        body = {
+            "requests": self.requests,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "prompt_blocks": self.prompt_blocks,
+            "cached_blocks": self.cached_blocks,
+            "prefill_wait_s": round(self.prefill_wait, 6),
+            "prefill_s": round(self.prefill_time, 6),
+        }
+        return web.json_response(body, headers=self._served_by)
 
     async def echo(self, request: web.Request) -> web.Response:
         """Reflects the request: lets tests see exactly what the proxy sent upstream."""
@@ -126,6 +198,42 @@ class FakeModel:
         return await self._generate(request, document, chat=True)
 
     async def _generate(self, request: web.Request, document: dict, chat: bool) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            headers = await self._prefill_prompt(request.path, document)
+            return await self._answer(request, document, chat, headers)
+        finally:
+            self.in_flight -= 1
+
+    async def _prefill_prompt(self, path: str, document: dict) -> dict[str, str]:
+        """Wait for the simulated prefill; the cache headers to answer with."""
+        options = self.options
+        if self.cache is None:
+            return self._served_by
+        prompt = canonical_prompt(path, document)
+        text = prompt.text if prompt is not None else b""
+        blocks = block_hashes(str(document.get("model", "")), text, options.block_size, MAX_PROMPT_BLOCKS)
+        hits = self.cache.lookup_and_insert(blocks)
+        self.prompt_blocks += len(blocks)
+        self.cached_blocks += hits
+        seconds = options.ttft_base + options.ttft_per_uncached_block * (len(blocks) - hits)
+        if seconds > 0:
+            queued = time.monotonic()
+            async with self._prefill:
+                started = time.monotonic()
+                await asyncio.sleep(seconds)
+            self.prefill_wait += started - queued
+            self.prefill_time += time.monotonic() - started
+        return {
+            **self._served_by,
+            "X-Prefix-Cache-Hit-Blocks": str(hits),
+            "X-Prefix-Cache-Blocks": str(len(blocks)),
+        }
+
+    async def _answer(
+        self, request: web.Request, document: dict, chat: bool, headers: dict[str, str]
+    ) -> web.StreamResponse:
         model = str(document.get("model", self.options.model))
         count = self._token_count(document)
         created = int(time.time())
@@ -133,11 +241,12 @@ class FakeModel:
         kind = "chat.completion" if chat else "text_completion"
         if document.get("stream") is True:
             response = web.StreamResponse(
-                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **self._served_by}
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
             )
             await response.prepare(request)
             for i in range(count):
-                if self.options.token_delay:
+                # With the simulated cache, the prefill was the wait for the first token.
+                if self.options.token_delay and (i or self.cache is None):
                     await asyncio.sleep(self.options.token_delay)
                 text = f" token{i}"
                 choice: dict = {"index": 0, "finish_reason": None, "logprobs": None}
@@ -184,7 +293,7 @@ class FakeModel:
             "choices": [choice],
             "usage": {"prompt_tokens": 1, "completion_tokens": count, "total_tokens": count + 1},
         }
-        return web.Response(body=orjson.dumps(body), content_type="application/json", headers=self._served_by)
+        return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
 
     async def embeddings(self, request: web.Request) -> web.Response:
         document, failure = await self._prelude(request)
@@ -219,6 +328,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fail-first", type=int, default=0, help="answer the first N requests with 503")
     parser.add_argument("--tokens", type=int, default=8, help="tokens generated without max_tokens")
     parser.add_argument("--model", default="fake", help="model name listed by /v1/models")
+    cache = parser.add_argument_group("simulated prefix cache (time to first token)")
+    cache.add_argument(
+        "--prefix-cache-blocks",
+        type=int,
+        default=0,
+        help="prompt blocks the simulated prefix cache holds (LRU); 0 (default) disables it",
+    )
+    cache.add_argument(
+        "--block-size",
+        type=int,
+        default=BLOCK_SIZE,
+        help=f"bytes of canonical prompt per cache block (default {BLOCK_SIZE}, as lingo's routing key)",
+    )
+    cache.add_argument("--ttft-base", type=float, default=0.0, help="seconds of every prefill")
+    cache.add_argument(
+        "--ttft-per-uncached-block",
+        type=float,
+        default=0.0,
+        help="seconds of prefill per prompt block after the longest cached prefix",
+    )
+    cache.add_argument(
+        "--prefill-concurrency", type=int, default=1, help="prefills running at once; others wait (default 1)"
+    )
 
 
 def _port(text: str) -> int:
@@ -242,6 +374,11 @@ def run(args: argparse.Namespace) -> int:
         fail_first=args.fail_first,
         tokens=args.tokens,
         model=args.model,
+        prefix_cache_blocks=args.prefix_cache_blocks,
+        block_size=max(1, args.block_size),
+        ttft_base=args.ttft_base,
+        ttft_per_uncached_block=args.ttft_per_uncached_block,
+        prefill_concurrency=args.prefill_concurrency,
     )
     if options.startup_delay:
         time.sleep(options.startup_delay)

@@ -79,13 +79,14 @@ class RequestCollector(Collector):
 
 
 class QueueCollector(Collector):
-    """Reads `lingo_requests_queued`, `lingo_requests_in_flight` and `lingo_replicas` at scrape time."""
+    """Reads `lingo_requests_queued`, `lingo_requests_in_flight`, `lingo_replicas` and
+    `lingo_routing_decisions_total` at scrape time."""
 
     def __init__(self, registry: Registry, desired: Callable[[], dict[str, int]]) -> None:
         self.registry = registry
         self.desired = desired
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         queued = GaugeMetricFamily(
             "lingo_requests_queued",
             "Requests waiting for an endpoint, by class (priority|default|flex|batch).",
@@ -97,8 +98,15 @@ class QueueCollector(Collector):
         replicas = GaugeMetricFamily(
             "lingo_replicas", "Replicas of a model group.", labels=["model", "state"]
         )
+        decisions = CounterMetricFamily(
+            "lingo_routing_decisions",
+            "Endpoint choices by reason (prefix|home|session|least_load|overflow).",
+            labels=["model", "reason"],
+        )
         desired = self.desired()
         for name, queue in sorted(self.registry.queues.items()):
+            for reason, count in sorted(queue.routing_decisions.items()):
+                decisions.add_metric([name, reason], count)
             for priority in Priority:
                 queued.add_metric([name, priority.label], queue.queued_by(priority))
             in_flight.add_metric([name], queue.in_flight)
@@ -111,6 +119,7 @@ class QueueCollector(Collector):
         yield queued
         yield in_flight
         yield replicas
+        yield decisions
 
 
 class Metrics:

@@ -3,10 +3,11 @@
 A `ModelQueue` owns all counts of waiting and running work for one model group; the autoscaler,
 the metrics and `/stats` read them from here and nowhere else. Waiting is FIFO within four classes
 (`priority` > `default` > `flex` > batch); a waiter moves up one class for every `aging` seconds it
-has waited, so no class starves. A request is handed the ready endpoint with the fewest requests in
-flight that still has a free slot: this lingo replica's share of the endpoint's `concurrency`
-(see `lingo.shares`); batch work only goes to endpoints where it holds less than the batch share of
-those slots, so interactive arrivals find a free slot while a big batch runs.
+has waited, so no class starves. A request may take an endpoint with a free slot: below this lingo
+replica's share of the endpoint's `concurrency` (see `lingo.shares`), and for batch work also below
+the batch share of those slots, so interactive arrivals find a free slot while a big batch runs.
+Which of those endpoints it gets is the group's chooser's decision (`lingo.balancing`: fewest in
+flight, or cache-aware).
 
 Costs stay flat with many waiters: enqueue, hand-off and cancellation are O(1) (cancelled waiters
 are skipped lazily and compacted in bulk; a hand-off looks at the head of each of the four lines);
@@ -21,10 +22,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
+from lingo.balancing import Chooser, make_chooser
 from lingo.errors import FlexUnavailable, LingoError, ModelNotFound, NoEndpoint, QueueFull
 from lingo.models import ModelGroup
+from lingo.prompt_key import RoutingKey
 from lingo.shares import batch_limit, endpoint_shares
 
+#: The slot limit handed to the chooser: the queue gives it only endpoints with a free slot already.
+NO_LIMIT = 1 << 30
 #: Seconds suggested to clients in `Retry-After` when the queue is full.
 QUEUE_FULL_RETRY_AFTER = 1.0
 #: Seconds suggested to clients in `Retry-After` when no endpoint became ready in time.
@@ -102,11 +107,15 @@ class Lease:
 
 
 class _Waiter:
-    __slots__ = ("avoid", "future", "since")
+    __slots__ = ("avoid", "future", "key", "since")
 
-    def __init__(self, future: asyncio.Future[Lease], avoid: str | None, since: float) -> None:
+    def __init__(
+        self, future: asyncio.Future[Lease], avoid: str | None, key: RoutingKey | None, since: float
+    ) -> None:
         self.future = future
         self.avoid = avoid
+        #: The request's routing key, for a cache-aware chooser.
+        self.key = key
         #: Loop time the waiter started waiting (for aging).
         self.since = since
 
@@ -121,8 +130,11 @@ class ModelQueue:
         on_demand: Callable[[str], None] | None = None,
         policy: ClassPolicy | None = None,
     ) -> None:
-        #: The group's spec; replaced when the platform reports a change.
-        self.group = group
+        #: Routing decisions by reason (`lingo_routing_decisions_total`), kept across chooser changes.
+        self.routing_decisions: dict[str, int] = {}
+        #: Picks the endpoint for each request, as the group's `load_balancing` says.
+        self.chooser: Chooser = make_chooser(group, self.routing_decisions)
+        self._group = group
         #: Waiting requests beyond which new ones are refused with 429.
         self.max_queue = max_queue
         #: Called with the group name when a request waits while no endpoint is ready.
@@ -138,10 +150,21 @@ class ModelQueue:
         self._waiting: tuple[deque[_Waiter], ...] = tuple(deque() for _ in Priority)
         self._queued = [0] * len(Priority)
         self._in_flight = 0
-        self._rotation = 0
         self._closed: LingoError | None = None
         #: Why the platform cannot start a replica right now (told to clients whose wait ends), or None.
         self.start_error: str | None = None
+
+    @property
+    def group(self) -> ModelGroup:
+        """The group's spec; replaced when the platform reports a change."""
+        return self._group
+
+    @group.setter
+    def group(self, group: ModelGroup) -> None:
+        if (group.load_balancing, group.load_factor) != (self._group.load_balancing, self._group.load_factor):
+            self.chooser = make_chooser(group, self.routing_decisions)
+            self.chooser.set_endpoints(self.endpoints)
+        self._group = group
 
     # -- counts read by the autoscaler, metrics and /stats -------------------------------------------
 
@@ -177,6 +200,7 @@ class ModelQueue:
             if url not in self.endpoints:
                 self.endpoints[url] = self.retired.pop(url) if url in self.retired else Endpoint(url)
         self._reshare()
+        self.chooser.set_endpoints(self.endpoints)
         self._dispatch()
 
     def set_lingo_replicas(self, rank: int, count: int) -> None:
@@ -206,12 +230,16 @@ class ModelQueue:
 
     # -- the request path ---------------------------------------------------------------------------
 
-    async def acquire(self, priority: Priority, timeout: float, avoid: str | None = None) -> Lease:
-        """Wait (FIFO within `priority`) for an endpoint slot; raise 429, 503 or 404 errors."""
+    async def acquire(
+        self, priority: Priority, timeout: float, avoid: str | None = None, key: RoutingKey | None = None
+    ) -> Lease:
+        """Wait (FIFO within `priority`) for an endpoint slot; raise 429, 503 or 404 errors.
+
+        `key` (the request's prompt blocks or session) guides a cache-aware chooser."""
         if self._closed is not None:
             raise self._closed
         if not any(self._queued[: priority + 1]):
-            endpoint = self._pick(avoid, self._candidates(priority))
+            endpoint = self._pick(avoid, key, self._candidates(priority))
             if endpoint is not None:
                 return self._lease(endpoint, priority)
         if self.queued >= self.max_queue:
@@ -222,7 +250,7 @@ class ModelQueue:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Lease] = loop.create_future()
         waiters = self._waiting[priority]
-        waiters.append(_Waiter(future, avoid, loop.time()))
+        waiters.append(_Waiter(future, avoid, key, loop.time()))
         self._queued[priority] += 1
         if not self.endpoints and self.on_demand is not None:
             self.on_demand(self.group.name)
@@ -277,24 +305,9 @@ class ModelQueue:
             if e.in_flight < e.slots and e.batch_in_flight < batch_limit(e.slots, share)
         ]
 
-    def _pick(self, avoid: str | None, endpoints: list[Endpoint]) -> Endpoint | None:
-        """Of `endpoints` (all with a free slot), the one with the fewest in flight, preferring one
-        other than `avoid`."""
-        best: Endpoint | None = None
-        fallback: Endpoint | None = None
-        count = len(endpoints)
-        if count == 0:
-            return None
-        # Rotate the scan start so ties spread across endpoints instead of piling on the first.
-        self._rotation = (self._rotation + 1) % count
-        for i in range(count):
-            endpoint = endpoints[(self._rotation + i) % count]
-            if endpoint.url == avoid:
-                fallback = endpoint
-                continue
-            if best is None or endpoint.in_flight < best.in_flight:
-                best = endpoint
-        return best or fallback
+    def _pick(self, avoid: str | None, key: RoutingKey | None, endpoints: list[Endpoint]) -> Endpoint | None:
+        """Of `endpoints` (all with a free slot for the request's class), the one the chooser picks."""
+        return self.chooser.choose(endpoints, NO_LIMIT, key, avoid)
 
     def _release(self, endpoint: Endpoint, batch: bool) -> None:
         endpoint.in_flight -= 1
@@ -314,7 +327,7 @@ class ModelQueue:
                 return
             waiters = self._waiting[priority]
             waiter = waiters[0]
-            endpoint = self._pick(waiter.avoid, self._candidates(priority))
+            endpoint = self._pick(waiter.avoid, waiter.key, self._candidates(priority))
             if endpoint is None:
                 if priority is Priority.BATCH:
                     # Batch is held back by its share; interactive waiters may still fit.

@@ -104,6 +104,7 @@ def test_models_file_fills_defaults() -> None:
         and scaled.group.scale_down_delay == 12
     )
     assert scaled.group.scalable and scaled.ready_path == "/health"
+    assert (scaled.group.load_balancing, scaled.group.load_factor) == ("prefix", 1.25)
     assert not fixed.group.scalable and fixed.endpoints == ("http://x:1",)
 
 
@@ -117,8 +118,25 @@ def test_models_file_fills_defaults() -> None:
         ({"name": "a", "endpoints": ["ftp://x"]}, "endpoints"),
         ({"name": "a", "endpoints": ["http://x"], "concurency": 3}, "concurency"),
         ({"command": ["x", "{port}"]}, "name"),
+        ({"name": "a", "endpoints": ["http://x"], "load_balancing": "random"}, "load_balancing"),
+        ({"name": "a", "endpoints": ["http://x"], "load_factor": 0.9}, "load_factor"),
+        ({"name": "a", "endpoints": ["http://x"], "load_factor": "2"}, "load_factor"),
     ],
 )
 def test_models_file_errors_name_the_entry_and_key(entry: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
         parse_models({"models": [entry]}, "f.yaml", concurrency=1, scale_down_delay=1)
+
+
+def test_models_file_reads_the_load_balancing_keys() -> None:
+    [entry] = parse_models(
+        {
+            "models": [
+                {"name": "a", "endpoints": ["http://x"], "load_balancing": "least-load", "load_factor": 2}
+            ]
+        },
+        "f.yaml",
+        concurrency=1,
+        scale_down_delay=1,
+    )
+    assert (entry.group.load_balancing, entry.group.load_factor) == ("least-load", 2.0)

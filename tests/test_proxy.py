@@ -277,7 +277,7 @@ async def test_requests_spread_by_fewest_in_flight(start_lingo, fake_model) -> N
     # One endpoint is held busy by a long request; round-robin would still send it every other
     # request, least-in-flight sends them all to the idle one.
     slow, fast = fake_model("--latency", "10"), fake_model()
-    lingo = await start_lingo(static(slow.url, fast.url))
+    lingo = await start_lingo(static(slow.url, fast.url) + "    load_balancing: least-load\n")
     queue = lingo.registry.queues["static"]
     client = client_for(lingo)
     first = [asyncio.create_task(client.completions.create(model="static", prompt="x")) for _ in range(2)]
@@ -294,7 +294,7 @@ async def test_requests_spread_by_fewest_in_flight(start_lingo, fake_model) -> N
     await asyncio.gather(*first, return_exceptions=True)
     await wait_for(lambda: queue.in_flight == 0)
     both = [fake_model("--latency", "0.2"), fake_model("--latency", "0.2")]
-    lingo_even = await start_lingo(static(*(b.url for b in both)))
+    lingo_even = await start_lingo(static(*(b.url for b in both)) + "    load_balancing: least-load\n")
     client_even = client_for(lingo_even)
     replies = await asyncio.gather(
         *(client_even.completions.with_raw_response.create(model="static", prompt="x") for _ in range(20))

@@ -30,6 +30,7 @@ from lingo.batch.envelope import (
 )
 from lingo.errors import BackendUnreachable, LingoError, ModelNotFound
 from lingo.metrics import Metrics
+from lingo.prompt_key import routing_key
 from lingo.proxy.forwarder import Forwarder
 from lingo.queue import ModelQueue, Priority
 from lingo.registry import Registry
@@ -215,10 +216,11 @@ class MessageHandler:
         loop = asyncio.get_running_loop()
         started = loop.time()
         trace.attempts += 1
+        key = routing_key(envelope.path, envelope.body, queue.group.name) if queue.chooser.wants_key else None
         headers = {**REQUEST_HEADERS, REQUEST_ID: trace.request_id}
         try:
             async with self.forwarder.exchange(
-                queue, "POST", envelope.path, headers, body, Priority.BATCH, timeout=timeout
+                queue, "POST", envelope.path, headers, body, Priority.BATCH, timeout=timeout, key=key
             ) as exchange:
                 trace.wait += exchange.waited
                 trace.ttfb = loop.time() - started - exchange.waited

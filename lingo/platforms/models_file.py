@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from lingo.config import ConfigError
-from lingo.models import ModelGroup
+from lingo.models import DEFAULT_LOAD_BALANCING, DEFAULT_LOAD_FACTOR, LOAD_BALANCING, ModelGroup
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ _KEYS = {
     "scale_down_delay",
     "env",
     "stop_grace",
+    "load_balancing",
+    "load_factor",
 }
 
 
@@ -95,6 +97,14 @@ def parse_models(document: Any, source: str, concurrency: int, scale_down_delay:
         env = entry.get("env", {})
         if not isinstance(env, dict):
             raise ConfigError(f"{where}.env: expected a mapping of names to values")
+        load_balancing = entry.get("load_balancing", DEFAULT_LOAD_BALANCING)
+        if load_balancing not in LOAD_BALANCING:
+            raise ConfigError(
+                f"{where}.load_balancing: expected one of {', '.join(LOAD_BALANCING)}, got {load_balancing!r}"
+            )
+        load_factor = entry.get("load_factor", DEFAULT_LOAD_FACTOR)
+        if not isinstance(load_factor, int | float) or isinstance(load_factor, bool) or load_factor < 1:
+            raise ConfigError(f"{where}.load_factor: expected a number of at least 1, got {load_factor!r}")
         group = ModelGroup(
             name=name,
             models=tuple(names),
@@ -103,6 +113,8 @@ def parse_models(document: Any, source: str, concurrency: int, scale_down_delay:
             concurrency=_int(entry, "concurrency", concurrency, where, minimum=1),
             scale_down_delay=_number(entry, "scale_down_delay", scale_down_delay, where),
             scalable=bool(command),
+            load_balancing=load_balancing,
+            load_factor=float(load_factor),
         )
         models.append(
             LocalModel(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lingo.errors import BackendUnreachable, UpstreamTimeout
+from lingo.prompt_key import RoutingKey
 from lingo.proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeoutError
 from lingo.queue import Lease, ModelQueue, Priority
 
@@ -61,9 +62,10 @@ class Forwarder:
         body: bytes,
         priority: Priority,
         timeout: float | None = None,
+        key: RoutingKey | None = None,
     ) -> _ExchangeContext:
         """`async with forwarder.exchange(...) as exchange:` — the slot is held until the block ends."""
-        return _ExchangeContext(self.send(queue, method, path, headers, body, priority, timeout))
+        return _ExchangeContext(self.send(queue, method, path, headers, body, priority, timeout, key))
 
     async def send(
         self,
@@ -74,8 +76,11 @@ class Forwarder:
         body: bytes,
         priority: Priority,
         timeout: float | None = None,
+        key: RoutingKey | None = None,
     ) -> Exchange:
         """The backend's response, holding an endpoint slot until `Exchange.close()`.
+
+        `key` is the request's routing key (prompt blocks, session) for a cache-aware group.
 
         Retries resend the whole body to a freshly picked endpoint, only before any byte of a
         response was handed to the caller. The last attempt's 502/503/504 passes through as it is.
@@ -92,7 +97,7 @@ class Forwarder:
         last_error: Exception | None = None
         for attempt in range(1, attempts + 1):
             queued_at = loop.time()
-            lease = await queue.acquire(priority, max(0.0, deadline - queued_at), avoid)
+            lease = await queue.acquire(priority, max(0.0, deadline - queued_at), avoid, key)
             waited += loop.time() - queued_at
             try:
                 response = await self.pool.request(lease.url, method, path, header_items, body)

@@ -13,9 +13,10 @@ from lingo.access_log import REQUEST_ID, AccessLog, request_id, seconds
 from lingo.errors import LingoError, ModelNotFound, Unauthorized
 from lingo.metrics import Metrics
 from lingo.priority import PRIORITY_HEADER, request_class
+from lingo.prompt_key import RoutingKey, routing_key
 from lingo.proxy.forwarder import Exchange, Forwarder
 from lingo.proxy.headers import request_headers, response_headers
-from lingo.proxy.model_name import model_from_request
+from lingo.proxy.model_name import ParsedRequest, json_document, parse_request
 from lingo.proxy.responses import error_parts, json_parts
 from lingo.proxy.server import IncomingRequest, ResponseWriter
 from lingo.proxy.upstream import UpstreamError
@@ -68,17 +69,20 @@ class ProxyHandler:
                 if path.startswith("/v1/models/"):
                     self._answer(request, out, rid, None, self._get_model(path[len("/v1/models/") :]))
                     return
-            model = model_from_request(
+            parsed = parse_request(
                 request.header("X-Model"), request.header("Content-Type") or "", request.body
             )
-            priority = request_class(request.header(PRIORITY_HEADER), _tier_document(request))
+            model = parsed.model
+            document = parsed.document if parsed.document is not None else _tier_document(request)
+            priority = request_class(request.header(PRIORITY_HEADER), document)
             queue = self.registry.lookup(model)
             if queue is None:
                 raise ModelNotFound(f"The model `{model}` does not exist or is not served by this lingo.")
         except LingoError as error:
             self._answer(request, out, rid, model, error_parts(error))
             return
-        await self._forward(request, out, queue, model, rid, priority)
+        key = _routing_key(request, parsed, queue) if queue.chooser.wants_key else None
+        await self._forward(request, out, queue, model, rid, priority, key)
 
     def _authorize(self, request: IncomingRequest) -> None:
         if not self.api_keys:
@@ -105,6 +109,7 @@ class ProxyHandler:
         model: str,
         rid: str,
         priority: Priority,
+        key: RoutingKey | None,
     ) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -117,7 +122,7 @@ class ProxyHandler:
         forwarded.append((REQUEST_ID, rid))
         try:
             async with self.forwarder.exchange(
-                queue, request.method, request.target, forwarded, request.body, priority
+                queue, request.method, request.target, forwarded, request.body, priority, key=key
             ) as exchange:
                 head_at = loop.time()
                 self.metrics.observe_wait(group, exchange.waited)
@@ -213,7 +218,8 @@ class ProxyHandler:
 
 
 def _tier_document(request: IncomingRequest) -> object:
-    """The JSON body when it may name a `service_tier`, else None (skips a second parse of most bodies)."""
+    """The JSON body when the model came from `X-Model` (so it was not parsed) and the body may name a
+    `service_tier`, else None (skips parsing most such bodies)."""
     if request.header(PRIORITY_HEADER) or b'"service_tier"' not in request.body:
         return None
     try:
@@ -251,6 +257,14 @@ class _CountingSink:
 
     async def drain(self) -> None:
         await self._out.drain()
+
+
+def _routing_key(request: IncomingRequest, parsed: ParsedRequest, queue: ModelQueue) -> RoutingKey | None:
+    """The request's prompt blocks and session for a cache-aware group (the body is not re-encoded)."""
+    document = parsed.document
+    if document is None and request.header("X-Model"):
+        document = json_document(request.header("Content-Type") or "", request.body)
+    return routing_key(request.path, document, queue.group.name, request.header("X-Session-Id"))
 
 
 def _model_object(name: str) -> dict[str, object]:

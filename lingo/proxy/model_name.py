@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import orjson
 
 from lingo.errors import BadRequest
 from lingo.proxy.multipart import model_field
 
 
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """What the proxy read from a request body: the model, and the JSON document when it parsed one."""
+
+    #: The requested model name.
+    model: str
+    #: The parsed JSON body; None when the model came from a header or a multipart form.
+    document: Any = None
+
+
 def model_from_request(header: str | None, content_type: str, body: bytes) -> str:
     """The requested model name; raises BadRequest when it is missing, invalid or the JSON malformed."""
+    return parse_request(header, content_type, body).model
+
+
+def parse_request(header: str | None, content_type: str, body: bytes) -> ParsedRequest:
+    """The requested model name and the parsed JSON body (parsed once, for the routing key too)."""
     if header:
-        return header.strip()
+        return ParsedRequest(header.strip())
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type.startswith("multipart/form-data"):
-        return _model_from_multipart(content_type, body)
+        return ParsedRequest(_model_from_multipart(content_type, body))
     if not body:
         raise BadRequest('no model given: send a JSON body with "model" or an X-Model header')
     try:
@@ -23,7 +41,17 @@ def model_from_request(header: str | None, content_type: str, body: bytes) -> st
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise BadRequest('request body must be a JSON object with a "model" field')
-    return _valid_name(document.get("model"))
+    return ParsedRequest(_valid_name(document.get("model")), document)
+
+
+def json_document(content_type: str, body: bytes) -> Any:
+    """The JSON body of a request whose model came from `X-Model`; None when it is not JSON."""
+    if not body or content_type.split(";", 1)[0].strip().lower().startswith("multipart/"):
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _valid_name(model: object) -> str:

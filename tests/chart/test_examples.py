@@ -9,6 +9,8 @@ import pytest
 import yaml
 from chartlib import KUBE_VERSION, ROOT, env_of
 
+from lingo.platforms.kubernetes.discovery import Defaults, read_deployment
+
 EXAMPLES = ROOT / "examples"
 MODEL_FILES = ["fake-model.yaml", "vllm.yaml", "ollama.yaml"]
 ANNOTATION = "lingo.substratus.ai/"
@@ -87,3 +89,16 @@ def test_pubsub_values_render_a_batch_setup(render):
     for manifest in manifests:
         if manifest["kind"] != "ServiceMonitor":  # a CRD: no schema in kubernetes-validate
             kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", MODEL_FILES)
+def test_load_balancing_annotations_in_examples_are_ones_lingo_accepts(name):
+    for deployment, _ in models(name):
+        model, problems = read_deployment(deployment, Defaults(concurrency=100, scale_down_delay=30))
+        assert model is not None and problems == [], problems
+    strategies = {
+        d["metadata"]["annotations"].get(ANNOTATION + "load-balancing")
+        for n in MODEL_FILES
+        for d, _ in models(n)
+    }
+    assert {"prefix", "least-load"} <= strategies, "the examples show both strategies"

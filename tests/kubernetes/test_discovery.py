@@ -35,6 +35,7 @@ def test_defaults_apply_to_a_deployment_with_only_model_names():
     assert model.group.models == ("a", "b")
     assert (model.group.min_replicas, model.group.max_replicas, model.group.concurrency) == (0, 3, 100)
     assert model.group.scale_down_delay == 30.0
+    assert (model.group.load_balancing, model.group.load_factor) == ("prefix", 1.25)
     assert (model.service, model.port) == ("llm", None)
 
 
@@ -48,11 +49,14 @@ def test_every_annotation_is_read():
             service="llm-svc",
             port="http-api",
             scale_down_delay="1m30s",
+            load_balancing="least-load",
+            load_factor="1.5",
         ),
         DEFAULTS,
     )
     assert problems == []
     group = model.group
+    assert (group.load_balancing, group.load_factor) == ("least-load", 1.5)
     assert (group.min_replicas, group.max_replicas, group.concurrency, group.scale_down_delay) == (
         1,
         4,
@@ -72,6 +76,10 @@ def test_every_annotation_is_read():
         ("scale-down-delay", "soon"),
         ("port", "70000"),
         ("port", "a b"),
+        ("load-balancing", "round-robin"),
+        ("load-factor", "0.5"),
+        ("load-factor", "high"),
+        ("load-factor", "inf"),
     ],
 )
 def test_a_bad_value_is_reported_with_deployment_and_annotation_and_the_default_is_used(annotation, value):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lingo.config import parse_duration
-from lingo.models import ModelGroup
+from lingo.models import DEFAULT_LOAD_BALANCING, DEFAULT_LOAD_FACTOR, LOAD_BALANCING, ModelGroup
 
 Obj = Mapping[str, Any]
 
@@ -34,6 +34,10 @@ SERVICE = PREFIX + "service"
 PORT = PREFIX + "port"
 #: Seconds (or a Go duration) demand must stay lower before replicas are removed.
 SCALE_DOWN_DELAY = PREFIX + "scale-down-delay"
+#: Endpoint choice: `least-load` or `prefix` (cache-aware; the default).
+LOAD_BALANCING_ANNOTATION = PREFIX + "load-balancing"
+#: `prefix` load bound: an endpoint carries at most ceil(mean in flight x this) (default 1.25).
+LOAD_FACTOR = PREFIX + "load-factor"
 
 #: Label the EndpointSlice controller puts on every slice: the Service it belongs to.
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -132,6 +136,25 @@ def read_deployment(obj: Obj, defaults: Defaults) -> tuple[ModelDeployment | Non
             delay = parse_duration(raw_delay)
         except ValueError:
             problem(SCALE_DOWN_DELAY, raw_delay, "is not a duration (e.g. 30s, 2m)", f"{delay:g}s")
+    load_balancing = notes.get(LOAD_BALANCING_ANNOTATION, DEFAULT_LOAD_BALANCING).strip()
+    if load_balancing not in LOAD_BALANCING:
+        problem(
+            LOAD_BALANCING_ANNOTATION,
+            load_balancing,
+            f"is not one of {', '.join(LOAD_BALANCING)}",
+            DEFAULT_LOAD_BALANCING,
+        )
+        load_balancing = DEFAULT_LOAD_BALANCING
+    load_factor = DEFAULT_LOAD_FACTOR
+    raw_factor = notes.get(LOAD_FACTOR)
+    if raw_factor is not None:
+        try:
+            load_factor = float(raw_factor.strip())
+        except ValueError:
+            load_factor = 0.0
+        if not 1 <= load_factor < float("inf"):
+            problem(LOAD_FACTOR, raw_factor, "is not a number of at least 1", DEFAULT_LOAD_FACTOR)
+            load_factor = DEFAULT_LOAD_FACTOR
     service = notes.get(SERVICE, "").strip() or name
     port, port_problem = parse_port_rule(notes.get(PORT))
     if port_problem:
@@ -143,6 +166,8 @@ def read_deployment(obj: Obj, defaults: Defaults) -> tuple[ModelDeployment | Non
         max_replicas=max_replicas,
         concurrency=concurrency,
         scale_down_delay=delay,
+        load_balancing=load_balancing,
+        load_factor=load_factor,
     )
     return ModelDeployment(group=group, service=service, port=port), problems
 
