@@ -172,7 +172,7 @@ async def test_counts_stay_exact_when_endpoints_flap_while_requests_run() -> Non
 
     async def request(i: int) -> None:
         key = conversation(f"c{i % 7}", 1 + i % 3)
-        lease = await queue.acquire(Priority.HTTP, 10, key=key)
+        lease = await queue.acquire(Priority.DEFAULT, 10, key=key)
         held.append(lease)
         await asyncio.sleep(rng.random() * 0.002)
         lease.release()
@@ -200,8 +200,8 @@ async def test_counts_stay_exact_when_endpoints_flap_while_requests_run() -> Non
 async def test_group_change_to_least_load_swaps_the_chooser_and_keeps_the_counts() -> None:
     queue = ModelQueue(ModelGroup("m", ("m",)), max_queue=10)
     queue.set_endpoints(["http://a", "http://b"])
-    (await queue.acquire(Priority.HTTP, 1, key=conversation("f"))).release()
+    (await queue.acquire(Priority.DEFAULT, 1, key=conversation("f"))).release()
     queue.group = ModelGroup("m", ("m",), load_balancing=LEAST_LOAD)
     assert isinstance(queue.chooser, LeastLoad)
-    (await queue.acquire(Priority.HTTP, 1, key=conversation("f"))).release()
+    (await queue.acquire(Priority.DEFAULT, 1, key=conversation("f"))).release()
     assert queue.routing_decisions == {"home": 1, "least_load": 1}
