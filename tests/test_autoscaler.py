@@ -135,14 +135,14 @@ async def test_loop_scales_with_queue_depth_and_back_down_after_delay() -> None:
 
 async def test_backlog_counts_as_demand() -> None:
     registry, platform, _, scaler = setup()
-    registry.add_backlog_source("m", lambda: 6)
+    registry.add_backlog_source(lambda: {"m": 6})
     await scaler.tick()
     assert platform.replicas["m"] == 3
 
 
 async def test_followers_sample_but_never_scale() -> None:
     registry, platform, _, scaler = setup(is_leader=lambda: False)
-    registry.add_backlog_source("m", lambda: 6)
+    registry.add_backlog_source(lambda: {"m": 6})
     await scaler.tick()
     scaler.wake("m")
     await asyncio.sleep(0)

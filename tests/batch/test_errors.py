@@ -100,9 +100,9 @@ async def test_a_response_too_large_for_nats_is_answered_once_with_response_too_
     assert len(backend.runs) == 1, f"the model ran {len(backend.runs)} times for one message"
     assert len(responses) == 1
     (response,) = responses
-    document = orjson.loads(orjson.dumps(response.body))
     assert response.status_code == 500
-    assert response.metadata is None, "1 MB of metadata does not fit: null"
-    assert document["error"]["code"] == "response_too_large"
+    assert response.metadata == metadata, "the metadata fits beside the small error: kept"
+    assert response.error["code"] == "RESPONSE_TOO_LARGE"
+    assert response.body["error"]["code"] == "response_too_large"
     assert count(lingo, "error") == 1
     assert count(lingo, "nacked") == 0
