@@ -132,9 +132,8 @@ async def test_a_too_large_response_whose_metadata_does_not_fit_either_is_answer
 
 
 async def test_each_failure_without_a_backend_answer_carries_its_typed_error_code(
-    any_kit: BrokerKit, start_lingo: StartLingo, backend: Backend
+    kit: BrokerKit, start_lingo: StartLingo, backend: Backend
 ) -> None:
-    kit = any_kit
     await kit.setup()
     entries = (
         f"  - name: echo\n    endpoints: ['{backend.url}']\n"
@@ -292,3 +291,24 @@ async def test_a_poison_message_stops_running_after_max_deliveries_on_a_real_bro
         assert info.config.max_deliver == 2 + 5
     await lingo.batch.stop(grace=1)
     assert await kit.requests_left() == 0, "acked: it does not come back"
+
+
+async def test_a_response_over_pubsubs_10_mb_limit_is_answered_with_response_too_large(
+    start_lingo: StartLingo, backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    kit = make_kit("gcppubsub", request)
+    try:
+        await kit.setup()
+        backend.size = 8_000_000
+        lingo = await start_lingo(static(backend), messengers=[kit.messenger()])
+        metadata = {"custom_id": "big", "padding": "p" * 3_000_000}
+        await kit.publish(envelope("big", model="echo", metadata=metadata))
+
+        (response,) = await kit.collect(1, timeout=30)
+
+        assert response.error["code"] == "RESPONSE_TOO_LARGE"
+        assert response.metadata == metadata, "3 MB of metadata fits beside the error"
+        assert len(backend.runs) == 1
+        assert count(lingo, "nacked") == 0
+    finally:
+        await kit.cleanup()
