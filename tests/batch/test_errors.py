@@ -3,6 +3,7 @@ messages and responses too large for the broker, on real brokers."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -10,7 +11,14 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
-from tests.batch.conftest import BrokerKit, NatsKit, envelope, fake_model_entry, make_kit
+from tests.batch.conftest import (
+    BrokerKit,
+    NatsKit,
+    RabbitKit,
+    envelope,
+    fake_model_entry,
+    make_kit,
+)
 from tests.conftest import StartLingo, free_port, wait_for
 
 
@@ -33,6 +41,8 @@ class Backend:
     url: str
     status: int = 200
     size: int = 16
+    #: Seconds before each answer.
+    delay: float = 0.0
     runs: list[float] = field(default_factory=list)
 
 
@@ -43,6 +53,8 @@ async def backend() -> AsyncIterator[Backend]:
     async def handle(request: web.Request) -> web.Response:
         await request.read()
         state.runs.append(time.monotonic())
+        if state.delay:
+            await asyncio.sleep(state.delay)
         if state.status != 200:
             return web.json_response({"error": {"message": "busy"}}, status=state.status)
         return web.json_response({"object": "text_completion", "text": "x" * state.size})
@@ -312,3 +324,40 @@ async def test_a_response_over_pubsubs_10_mb_limit_is_answered_with_response_too
         assert count(lingo, "nacked") == 0
     finally:
         await kit.cleanup()
+
+
+@pytest.fixture(params=["rabbit-quorum"])
+async def counting_kit(request: pytest.FixtureRequest) -> AsyncIterator[BrokerKit]:
+    """Brokers that count deliveries themselves, so the count survives a lingo restart: a quorum
+    queue for RabbitMQ. (Pub/Sub with a dead-letter policy counts too, but a message handed back at
+    shutdown comes back only when its lease ends, a minute later: too slow here. NATS counts, but a
+    message nak'd at shutdown came back with `num_delivered` 1 on the server here.)"""
+    broker = make_kit(request.param.split("-")[0], request)
+    try:
+        await broker.setup()
+        if isinstance(broker, RabbitKit):
+            channel = await broker._channel()
+            await channel.declare_queue(broker.req_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        yield broker
+    finally:
+        await broker.cleanup()
+
+
+async def test_the_brokers_delivery_count_stops_a_message_that_kills_lingo_each_time(
+    counting_kit: BrokerKit, start_lingo: StartLingo, backend: Backend
+) -> None:
+    kit = counting_kit
+    backend.delay = 8  # never answers in time: lingo is stopped with the message in flight
+    first = await start_lingo(static(backend), messengers=[kit.messenger()], batch_max_deliveries=1)
+    await kit.publish(envelope("deadly", model="echo"))
+    await wait_for(lambda: len(backend.runs) == 1, timeout=20)
+    await first.batch.stop(grace=0.1)  # as if lingo died: the message goes back to the broker
+
+    # A fresh lingo has counted nothing itself: only the broker knows this is a redelivery.
+    lingo = await start_lingo(static(backend), messengers=[kit.messenger()], batch_max_deliveries=1)
+    (response,) = await kit.collect(1, timeout=20)
+
+    assert (response.status_code, response.error["code"]) == (500, "INFERENCE_ERROR")
+    assert "more than LINGO_BATCH_MAX_DELIVERIES=1" in response.error["message"]
+    assert len(backend.runs) == 1, "not run again"
+    assert count(lingo, "error") == 1
