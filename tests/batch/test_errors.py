@@ -361,3 +361,20 @@ async def test_the_brokers_delivery_count_stops_a_message_that_kills_lingo_each_
     assert "more than LINGO_BATCH_MAX_DELIVERIES=1" in response.error["message"]
     assert len(backend.runs) == 1, "not run again"
     assert count(lingo, "error") == 1
+
+
+async def test_a_response_over_a_jetstream_streams_max_msg_size_is_answered_with_response_too_large(
+    nats_kit: NatsKit, start_lingo: StartLingo, backend: Backend
+) -> None:
+    kit = nats_kit
+    await kit.setup(max_msg_size=2_000)  # the responses stream's own limit, far below max_payload
+    backend.size = 4_000
+    lingo = await start_lingo(static(backend), messengers=[kit.messenger()])
+    await kit.publish(envelope("wide", model="echo"))
+
+    (response,) = await kit.collect(1, timeout=15)
+
+    assert response.error["code"] == "RESPONSE_TOO_LARGE"
+    assert response.custom_id == "wide", "the metadata fits: kept"
+    assert len(backend.runs) == 1
+    assert count(lingo, "nacked") == 0
