@@ -251,6 +251,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Longest pause of a batch stream's receive loop after repeated errors.",
     ),
     Setting(
+        "batch_max_deliveries",
+        "--batch-max-deliveries",
+        "LINGO_BATCH_MAX_DELIVERIES",
+        "5",
+        parse_positive_int,
+        "Deliveries of one batch message after which it is answered with an error and acked.",
+    ),
+    Setting(
         "autoscaling_interval",
         "--autoscaling-interval",
         "AUTOSCALING_INTERVAL",
@@ -502,6 +510,7 @@ class Settings:
     backend_retries: int = 1
     messengers: list[str] = field(default_factory=list)
     messenger_error_max_backoff: float = 180.0
+    batch_max_deliveries: int = 5
     autoscaling_interval: float = 3.0
     autoscaling_time_window: float = 30.0
     max_queue: int = 10000

@@ -84,3 +84,21 @@ class NoEndpoint(LingoError):
 
 class ShuttingDown(LingoError):
     status, error_type, code = 503, "server_error", "shutting_down"
+
+
+class DeadlineExceeded(LingoError):
+    """A batch request's `options.deadline` passed before it got an answer."""
+
+    status, error_type, code = 504, "server_error", "deadline_exceeded"
+
+
+class ResponseTooLarge(LingoError):
+    """A batch answer larger than the broker accepts: published as this small error instead."""
+
+    status, error_type, code = 500, "server_error", "response_too_large"
+
+
+class TooManyDeliveries(LingoError):
+    """A batch message delivered more than `LINGO_BATCH_MAX_DELIVERIES` times: answered, not run again."""
+
+    status, error_type, code = 500, "server_error", "too_many_deliveries"

@@ -7,7 +7,7 @@ names up in it; the autoscaler and metrics read demand from it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from lingo.errors import LingoError
 from lingo.models import ModelGroup
@@ -15,8 +15,8 @@ from lingo.queue import ClassPolicy, ModelQueue
 
 log = logging.getLogger(__name__)
 
-#: Returns how many requests wait outside lingo (e.g. in a broker) for a model name.
-BacklogSource = Callable[[], int]
+#: Returns how many requests wait outside lingo (e.g. in a broker), per model name.
+BacklogSource = Callable[[], Mapping[str, int]]
 
 
 class Registry:
@@ -42,7 +42,7 @@ class Registry:
         self.queues: dict[str, ModelQueue] = {}
         self._by_model: dict[str, ModelQueue] = {}
         self._pending_endpoints: dict[str, list[str]] = {}
-        self._backlogs: dict[str, list[BacklogSource]] = {}
+        self._backlogs: list[BacklogSource] = []
 
     def lookup(self, model: str) -> ModelQueue | None:
         """The queue of the group serving `model` (a client-facing name), if any."""
@@ -112,22 +112,28 @@ class Registry:
         if queue is not None:
             queue.start_error = error
 
-    def add_backlog_source(self, model: str, source: BacklogSource) -> None:
-        """Count messages waiting outside lingo (a broker backlog) as demand for `model`."""
-        self._backlogs.setdefault(model, []).append(source)
+    def add_backlog_source(self, source: BacklogSource) -> None:
+        """Count messages waiting outside lingo (a broker backlog) as demand for the models it names."""
+        self._backlogs.append(source)
+
+    def remove_backlog_source(self, source: BacklogSource) -> None:
+        """Stop counting a backlog (its stream stopped)."""
+        if source in self._backlogs:
+            self._backlogs.remove(source)
 
     def backlog(self, group: str) -> int:
-        """Requests for `group` still waiting outside lingo, as told by the backlog sources."""
+        """Requests for `group` (by group name or any of its model names) still waiting outside
+        lingo, as told by the backlog sources."""
         queue = self.queues.get(group)
         if queue is None:
             return 0
+        names = {group, *queue.group.models}
         total = 0
-        for model in {group, *queue.group.models}:
-            for source in self._backlogs.get(model, ()):
-                try:
-                    total += max(0, int(source()))
-                except Exception:  # a broker hiccup must not stop scaling
-                    log.debug("backlog source failed", exc_info=True)
+        for source in self._backlogs:
+            try:
+                total += sum(max(0, int(count)) for name, count in source().items() if name in names)
+            except Exception:  # a broker hiccup must not stop scaling
+                log.debug("backlog source failed", exc_info=True)
         return total
 
     def close_all(self, error: LingoError) -> None:

@@ -136,14 +136,30 @@ async def test_loop_scales_with_queue_depth_and_back_down_after_delay() -> None:
 
 async def test_backlog_counts_as_demand() -> None:
     registry, platform, _, scaler = setup()
-    registry.add_backlog_source("m", lambda: 6)
+    registry.add_backlog_source(lambda: {"m": 6})
     await scaler.tick()
+    assert platform.replicas["m"] == 3
+
+
+def test_immediate_demand_scales_up_at_once_whatever_the_average() -> None:
+    # 1,000 messages waiting on a broker, concurrency 8, at most 4 replicas; the average is still low.
+    assert desired_replicas(2.0, 8, 0, 4, active_now=1000, immediate=1000) == 4
+    assert desired_replicas(2.0, 8, 0, 4, active_now=1000) == 1
+
+
+async def test_a_backlog_jumps_past_a_window_of_idle_samples() -> None:
+    registry, platform, _, scaler = setup()
+    for _ in range(5):
+        await scaler.tick()  # idle samples: the average alone would creep up
+    registry.add_backlog_source(lambda: {"m": 6})
+    await scaler.tick()
+    assert scaler.average("m") == 2  # alone: 1 replica
     assert platform.replicas["m"] == 3
 
 
 async def test_followers_sample_but_never_scale() -> None:
     registry, platform, _, scaler = setup(is_leader=lambda: False)
-    registry.add_backlog_source("m", lambda: 6)
+    registry.add_backlog_source(lambda: {"m": 6})
     await scaler.tick()
     scaler.wake("m")
     await asyncio.sleep(0)

@@ -33,14 +33,21 @@ class MovingAverage:
 
 
 def desired_replicas(
-    average: float, concurrency: int, min_replicas: int, max_replicas: int, active_now: float
+    average: float,
+    concurrency: int,
+    min_replicas: int,
+    max_replicas: int,
+    active_now: float,
+    immediate: float = 0.0,
 ) -> int:
-    """ceil(average / concurrency) clamped to [min, max]; never 0 while work is active now.
+    """ceil(max(average, immediate) / concurrency) clamped to [min, max]; never 0 while work is
+    active now.
 
     `active_now` guards against a decayed average scaling a model away under requests that are
-    still queued for a slow cold start (Lingo #106).
+    still queued for a slow cold start (Lingo #106). `immediate` is demand known to be waiting
+    right now (a broker backlog): it scales up at once instead of creeping in through the average.
     """
-    wanted = math.ceil(average / max(1, concurrency) - 1e-9)
+    wanted = math.ceil(max(average, immediate) / max(1, concurrency) - 1e-9)
     if active_now > 0:
         wanted = max(wanted, 1)
     return max(min_replicas, min(max_replicas, wanted))

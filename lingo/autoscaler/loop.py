@@ -140,7 +140,8 @@ class Autoscaler:
             group = queue.group
             if not group.scalable:
                 continue
-            active = activity.get(name, 0.0) + self.registry.backlog(name)
+            backlog = self.registry.backlog(name)
+            active = activity.get(name, 0.0) + backlog
             average = self._averages.get(name)
             if average is None:
                 average = MovingAverage(self.window_size, self._restored.pop(name, ()))
@@ -154,8 +155,15 @@ class Autoscaler:
                     continue
                 decider = self._deciders.setdefault(name, ScaleDecider(group.scale_down_delay))
                 decider.delay = group.scale_down_delay
+                # While messages wait on a broker, all the work waiting now counts at once: the
+                # average would let replicas creep up over a whole window.
                 wanted = desired_replicas(
-                    average.value, group.concurrency, group.min_replicas, group.max_replicas, active
+                    average.value,
+                    group.concurrency,
+                    group.min_replicas,
+                    group.max_replicas,
+                    active,
+                    immediate=active if backlog else 0.0,
                 )
                 target = decider.decide(now, current, wanted)
                 if target is not None and target != current:

@@ -1,8 +1,12 @@
-"""Batch envelopes (see docs/batch.md): request messages parsed and checked, response messages built.
+"""Batch envelopes: request messages parsed and checked, response messages built.
 
 Pure code, no I/O. A request that can never succeed — not JSON, not an object, a path outside the
 allowed list, `stream: true`, a typo in `options` — raises `EnvelopeError`, which carries the
 400 response to publish, so such a message is answered and acked instead of redelivered forever.
+
+A response lingo makes up itself (no backend answered) carries a typed `error` beside
+`status_code`: `{"code": one of ERROR_CODES, "message": ...}`; its `body` still holds the OpenAI
+error body, so consumers that read only `status_code` and `body` keep working.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from lingo.errors import BadRequest
+from lingo.errors import BadRequest, LingoError
 
 #: Path used when a request names none.
 DEFAULT_PATH = "/v1/completions"
@@ -25,8 +29,24 @@ MAX_ATTEMPTS_LIMIT = 20
 #: Upper bound of `options.timeout_seconds` (one day).
 MAX_TIMEOUT_SECONDS = 86_400.0
 
+#: The request's `options.deadline` passed before it got an answer.
+DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+#: The message is not a valid envelope; it was never forwarded.
+INVALID_REQUEST = "INVALID_REQUEST"
+#: No model of that name is served.
+MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+#: The answer was larger than the broker accepts; this small error was published instead.
+RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
+#: Any other failure without a backend answer: unreachable, no endpoint in time, queue full after
+#: every attempt, or a message delivered more than `LINGO_BATCH_MAX_DELIVERIES` times.
+INFERENCE_ERROR = "INFERENCE_ERROR"
+#: Every code a response's `error.code` may hold.
+ERROR_CODES = frozenset(
+    {DEADLINE_EXCEEDED, INVALID_REQUEST, MODEL_NOT_FOUND, RESPONSE_TOO_LARGE, INFERENCE_ERROR}
+)
+
 _KEYS = frozenset({"path", "metadata", "body", "options"})
-_OPTION_KEYS = frozenset({"timeout_seconds", "max_attempts"})
+_OPTION_KEYS = frozenset({"timeout_seconds", "max_attempts", "deadline"})
 _PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~/")
 
 
@@ -42,7 +62,7 @@ class EnvelopeError(ValueError):
 
     def response(self) -> bytes:
         """The response message: status 400, the metadata (or null), an OpenAI error body."""
-        return build_response(400, self.metadata, BadRequest(self.message).body())
+        return error_response(BadRequest(self.message), self.metadata, INVALID_REQUEST)
 
 
 @dataclass(frozen=True)
@@ -51,8 +71,12 @@ class Options:
 
     #: Seconds this message may wait for an endpoint per attempt (default: `LINGO_MAX_WAIT`).
     timeout_seconds: float | None = None
-    #: Attempts before a transient failure is answered (default: the stream's).
+    #: Attempts before a transient failure is answered (default: the stream's; with a deadline
+    #: and no `max_attempts`, attempts go on until the deadline).
     max_attempts: int | None = None
+    #: Unix time (seconds) after which no further attempt is made and the request is answered
+    #: DEADLINE_EXCEEDED; it also bounds each attempt's wait and the backend's work.
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +167,8 @@ def _options(options: object, metadata: dict[str, Any]) -> Options:
     unknown = sorted(set(options) - _OPTION_KEYS)
     if unknown:
         raise EnvelopeError(
-            f"unknown option(s) {', '.join(map(repr, unknown))}; known: timeout_seconds, max_attempts",
+            f"unknown option(s) {', '.join(map(repr, unknown))}; "
+            "known: timeout_seconds, max_attempts, deadline",
             metadata,
         )
     timeout = options.get("timeout_seconds")
@@ -164,7 +189,19 @@ def _options(options: object, metadata: dict[str, Any]) -> Options:
         raise EnvelopeError(
             f"'options.max_attempts' must be a whole number from 1 to {MAX_ATTEMPTS_LIMIT}", metadata
         )
-    return Options(float(timeout) if timeout is not None else None, attempts)
+    deadline = options.get("deadline")
+    if deadline is not None and not (
+        isinstance(deadline, int | float)
+        and not isinstance(deadline, bool)
+        and math.isfinite(deadline)
+        and deadline > 0
+    ):
+        raise EnvelopeError("'options.deadline' must be a Unix time in seconds (a number above 0)", metadata)
+    return Options(
+        float(timeout) if timeout is not None else None,
+        attempts,
+        float(deadline) if deadline is not None else None,
+    )
 
 
 def _kind(value: object) -> str:
@@ -178,6 +215,19 @@ def _kind(value: object) -> str:
 def build_response(status_code: int, metadata: dict[str, Any] | None, body: object) -> bytes:
     """A response message: `{"status_code", "metadata", "body"}` as JSON bytes."""
     return orjson.dumps({"status_code": status_code, "metadata": metadata, "body": body})
+
+
+def error_response(error: LingoError, metadata: dict[str, Any] | None, code: str) -> bytes:
+    """A response lingo answers itself: the error's status and OpenAI body, plus the typed
+    `error: {code, message}`."""
+    return orjson.dumps(
+        {
+            "status_code": error.status,
+            "metadata": metadata,
+            "body": error.body(),
+            "error": {"code": code, "message": error.message},
+        }
+    )
 
 
 def response_body(data: bytes) -> object:

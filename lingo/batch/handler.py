@@ -3,32 +3,52 @@
 The request enters the shared per-model queue through `Forwarder.exchange` — the very path HTTP
 requests take — in the batch class (served after waiting HTTP requests of the same model, and
 only within the batch share of each endpoint's slots).
-Transient failures are retried here with exponential backoff; permanent ones are answered at once.
-The message is acked only after its response was published, and nacked when publishing failed.
+Transient failures are retried here with exponential backoff — up to `max_attempts`, or until the
+request's `options.deadline` — permanent ones are answered at once. The message is acked only
+after its response was published, and nacked when publishing failed, except when the broker
+refused the response for its size (a small RESPONSE_TOO_LARGE error goes out instead) or the
+message was delivered more than `max_deliveries` times (answered without running it again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter
 
 from lingo.access_log import REQUEST_ID, AccessLog, new_request_id, seconds
 from lingo.backoff import backoff_delay
-from lingo.batch.brokers.base import REQUEST_MESSAGE_ID
+from lingo.batch.brokers.base import REQUEST_MESSAGE_ID, PayloadTooLarge
 from lingo.batch.delivery import Delivery
 from lingo.batch.envelope import (
+    DEADLINE_EXCEEDED,
     DEFAULT_PATHS,
+    INFERENCE_ERROR,
+    INVALID_REQUEST,
+    MAX_TIMEOUT_SECONDS,
+    MODEL_NOT_FOUND,
+    RESPONSE_TOO_LARGE,
     Envelope,
     EnvelopeError,
     build_response,
+    error_response,
     parse_envelope,
     response_body,
 )
-from lingo.errors import BackendUnreachable, LingoError, ModelNotFound
+from lingo.errors import (
+    BackendUnreachable,
+    BadRequest,
+    DeadlineExceeded,
+    LingoError,
+    ModelNotFound,
+    ResponseTooLarge,
+    TooManyDeliveries,
+)
 from lingo.metrics import Metrics
 from lingo.prompt_key import routing_key
 from lingo.proxy.forwarder import Forwarder
@@ -58,6 +78,8 @@ class RetryPolicy:
     base: float = 1.0
     #: Longest pause between attempts.
     cap: float = 30.0
+    #: Deliveries of one message after which it is answered with an error instead of run again.
+    max_deliveries: int = 5
 
 
 @dataclass(slots=True)
@@ -90,6 +112,8 @@ class Answer:
     group: str | None
     #: `answered` (status < 400), `error` (any other status) or `invalid` (refused envelope).
     outcome: str
+    #: The request's metadata, None when it could not be read.
+    metadata: dict[str, Any] | None = None
 
 
 class MessageHandler:
@@ -106,6 +130,8 @@ class MessageHandler:
         allowed_paths: frozenset[str] = DEFAULT_PATHS,
         retry: RetryPolicy | None = None,
         nack_delay: Callable[[], float] = lambda: 0.0,
+        clock: Callable[[], float] = time.time,
+        on_model: Callable[[str], None] = lambda model: None,
         access_log: AccessLog | None = None,
     ) -> None:
         #: Known models and their queues.
@@ -124,6 +150,10 @@ class MessageHandler:
         self.retry = retry or RetryPolicy()
         #: Seconds before a message whose response could not be published is redelivered.
         self.nack_delay = nack_delay
+        #: Wall clock (Unix seconds) that `options.deadline` is compared with.
+        self.clock = clock
+        #: Told the model of every valid message (to split the broker's backlog by model).
+        self.on_model = on_model
         #: One line per message when enabled.
         self.access_log = access_log or AccessLog(False)
         self._outcomes: dict[str, Counter] = {}
@@ -139,13 +169,17 @@ class MessageHandler:
             try:
                 envelope = parse_envelope(message.data, self.allowed_paths)
             except EnvelopeError as error:
-                answer = Answer(400, error.response(), None, "invalid")
+                answer = Answer(400, error.response(), None, "invalid", error.metadata)
                 log.info(
                     "batch message refused",
                     extra={"stream": self.stream, "message_id": message.id, "reason": error.message},
                 )
             else:
-                answer = await self._answer(envelope, trace)
+                self.on_model(envelope.model)
+                if delivery.deliveries > self.retry.max_deliveries:
+                    answer = self._give_up(envelope, delivery)
+                else:
+                    answer = await self._answer(envelope, trace)
             await self._respond(delivery, answer, started)
             if self.access_log.enabled:
                 self._log_access(delivery, envelope, answer, trace, loop.time() - started)
@@ -180,39 +214,110 @@ class MessageHandler:
             }
         )
 
+    def _give_up(self, envelope: Envelope, delivery: Delivery) -> Answer:
+        """Answer a message delivered too often (lingo died on it, or its answer never went out)."""
+        error = TooManyDeliveries(
+            f"the message was delivered {delivery.deliveries} times, more than "
+            f"LINGO_BATCH_MAX_DELIVERIES={self.retry.max_deliveries}; answered without running it again"
+        )
+        log.warning(
+            "batch message delivered too often; answering it with an error",
+            extra={
+                "stream": self.stream,
+                "message_id": delivery.message.id,
+                "deliveries": delivery.deliveries,
+            },
+        )
+        queue = self.registry.lookup(envelope.model)
+        group = queue.group.name if queue is not None else None
+        return self._error(error, envelope.metadata, INFERENCE_ERROR, group)
+
     async def _answer(self, envelope: Envelope, trace: Trace) -> Answer:
-        attempts = envelope.options.max_attempts or self.retry.max_attempts
-        timeout = envelope.options.timeout_seconds or self.forwarder.max_wait
+        options = envelope.options
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        if options.deadline is not None:
+            # Unix time → loop time; never more than a day ahead, so every wait stays bounded.
+            deadline = loop.time() + min(options.deadline - self.clock(), MAX_TIMEOUT_SECONDS)
+        # With a deadline, attempts go on until it unless the message caps them itself.
+        attempts = options.max_attempts or (None if deadline is not None else self.retry.max_attempts)
+        wait = options.timeout_seconds or self.forwarder.max_wait
         body = envelope.body_bytes()
-        for attempt in range(1, attempts + 1):
+        attempt = 0
+        last = "the deadline had passed when the message arrived"
+        while True:
+            attempt += 1
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return self._deadline_exceeded(envelope, attempt - 1, last)
             queue = self.registry.lookup(envelope.model)
             if queue is None:
                 error = ModelNotFound(
                     f"The model `{envelope.model}` does not exist or is not served by this lingo."
                 )
-                return Answer(
-                    error.status, build_response(error.status, envelope.metadata, error.body()), None, "error"
-                )
-            status, document = await self._attempt(queue, envelope, body, timeout, trace)
-            if status in TRANSIENT_STATUSES and attempt < attempts:
-                self._count("retried")
+                return self._error(error, envelope.metadata, MODEL_NOT_FOUND, None)
+            result = await self._attempt(
+                queue, envelope, body, wait if remaining is None else min(wait, remaining), remaining, trace
+            )
+            if result is None:
+                return self._deadline_exceeded(envelope, attempt, "the last attempt was still running")
+            status, document, lingo_error = result
+            group = queue.group.name
+            if status in TRANSIENT_STATUSES and (attempts is None or attempt < attempts):
                 delay = backoff_delay(attempt, self.retry.base, self.retry.cap)
+                last = f"the last attempt ended with status {status}"
+                if deadline is not None and loop.time() + delay >= deadline:
+                    # The next attempt could not start before the deadline: answer now, not then.
+                    return self._deadline_exceeded(envelope, attempt, last)
+                self._count("retried")
                 log.debug(
                     "transient failure; retrying",
                     extra={"stream": self.stream, "model": envelope.model, "status": status, "delay": delay},
                 )
                 await asyncio.sleep(delay)
                 continue
+            if lingo_error is not None:
+                return self._error(lingo_error, envelope.metadata, _code(lingo_error), group)
             outcome = "answered" if status < 400 else "error"
             return Answer(
-                status, build_response(status, envelope.metadata, document), queue.group.name, outcome
+                status, build_response(status, envelope.metadata, document), group, outcome, envelope.metadata
             )
-        raise AssertionError("unreachable: the last attempt always answers")
+
+    def _deadline_exceeded(self, envelope: Envelope, attempts: int, last: str) -> Answer:
+        error = DeadlineExceeded(f"options.deadline passed after {attempts} attempt(s); {last}")
+        queue = self.registry.lookup(envelope.model)
+        group = queue.group.name if queue is not None and attempts else None
+        return self._error(error, envelope.metadata, DEADLINE_EXCEEDED, group)
+
+    @staticmethod
+    def _error(error: LingoError, metadata: dict[str, Any] | None, code: str, group: str | None) -> Answer:
+        return Answer(error.status, error_response(error, metadata, code), group, "error", metadata)
 
     async def _attempt(
-        self, queue: ModelQueue, envelope: Envelope, body: bytes, timeout: float, trace: Trace
-    ) -> tuple[int, object]:
-        """One trip through the shared queue to a backend: (status, response body)."""
+        self,
+        queue: ModelQueue,
+        envelope: Envelope,
+        body: bytes,
+        wait: float,
+        limit: float | None,
+        trace: Trace,
+    ) -> tuple[int, object, LingoError | None] | None:
+        """One trip through the shared queue to a backend: (status, response body, lingo's own
+        error when no backend answered); None when it took longer than `limit` seconds."""
+        cut = asyncio.timeout(limit)
+        try:
+            async with cut:
+                return await self._exchange(queue, envelope, body, wait, trace)
+        except LingoError as error:
+            return error.status, error.body(), error
+        except TimeoutError:
+            if cut.expired():
+                return None
+            raise
+
+    async def _exchange(
+        self, queue: ModelQueue, envelope: Envelope, body: bytes, wait: float, trace: Trace
+    ) -> tuple[int, object, LingoError | None]:
         loop = asyncio.get_running_loop()
         started = loop.time()
         trace.attempts += 1
@@ -220,27 +325,25 @@ class MessageHandler:
         headers = {**REQUEST_HEADERS, REQUEST_ID: trace.request_id}
         try:
             async with self.forwarder.exchange(
-                queue, "POST", envelope.path, headers, body, Priority.BATCH, timeout=timeout, key=key
+                queue, "POST", envelope.path, headers, body, Priority.BATCH, timeout=wait, key=key
             ) as exchange:
+                self.metrics.observe_wait(queue.group.name, exchange.waited)
                 trace.wait += exchange.waited
                 trace.ttfb = loop.time() - started - exchange.waited
                 trace.endpoint = exchange.lease.url
-                self.metrics.observe_wait(queue.group.name, exchange.waited)
                 data = await exchange.response.read()
                 trace.bytes_out = len(data)
-                return exchange.response.status, response_body(data)
-        except LingoError as error:
-            return error.status, error.body()
+                return exchange.response.status, response_body(data), None
         except OSError as exc:
             # The backend failed while sending its answer: worth another attempt, like a 502.
-            failed = BackendUnreachable(f"model group {queue.group.name!r} failed mid-response: {exc!r}")
-            return failed.status, failed.body()
+            raise BackendUnreachable(
+                f"model group {queue.group.name!r} failed mid-response: {exc!r}"
+            ) from None
 
     async def _respond(self, delivery: Delivery, answer: Answer, started: float) -> None:
         message = delivery.message
         try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT):
-                await self.publish(answer.payload, {REQUEST_MESSAGE_ID: message.id})
+            answer = await self._publish(answer, message.id)
         except Exception as exc:
             delay = self.nack_delay()
             log.warning(
@@ -261,8 +364,46 @@ class MessageHandler:
             elapsed = asyncio.get_running_loop().time() - started
             self.metrics.observe_request(answer.group, "batch", answer.status, elapsed, Priority.BATCH.label)
 
+    async def _publish(self, answer: Answer, message_id: str) -> Answer:
+        """Publish `answer`, or a small RESPONSE_TOO_LARGE error where the broker refuses its size
+        (with the metadata if that fits, else null); the answer that went out."""
+        attributes = {REQUEST_MESSAGE_ID: message_id}
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                await self.publish(answer.payload, attributes)
+            return answer
+        except PayloadTooLarge as exc:
+            log.warning(
+                "response too large for the broker; publishing an error instead",
+                extra={"stream": self.stream, "message_id": message_id, "bytes": len(answer.payload)},
+            )
+            error = ResponseTooLarge(
+                f"the response ({len(answer.payload)} bytes, status {answer.status}) is larger than the "
+                f"broker accepts: {exc}"
+            )
+        for metadata in (answer.metadata, None):
+            small = self._error(error, metadata, RESPONSE_TOO_LARGE, answer.group)
+            try:
+                async with asyncio.timeout(PUBLISH_TIMEOUT):
+                    await self.publish(small.payload, attributes)
+            except PayloadTooLarge:
+                if metadata is None:
+                    raise
+                continue
+            return small
+        raise AssertionError("unreachable: the last try either returns or raises")
+
     def _count(self, outcome: str) -> None:
         counter = self._outcomes.get(outcome)
         if counter is None:
             counter = self._outcomes[outcome] = self.metrics.batch_messages.labels(self.stream, outcome)
         counter.inc()
+
+
+def _code(error: LingoError) -> str:
+    """The typed code of a response lingo answers itself with `error`."""
+    if isinstance(error, ModelNotFound):
+        return MODEL_NOT_FOUND
+    if isinstance(error, BadRequest):
+        return INVALID_REQUEST
+    return INFERENCE_ERROR

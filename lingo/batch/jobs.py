@@ -3,7 +3,8 @@
 Input lines are OpenAI batch requests (`{"custom_id", "method": "POST", "url", "body"}`) or lingo
 envelopes (`{"path", "metadata", "body"}`); each becomes an envelope whose `metadata.custom_id`
 identifies it. Output lines are OpenAI batch results:
-`{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error": null}`.
+`{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error": null}`, where
+`error` is lingo's typed `{code, message}` when no backend answered.
 Delivery is at-least-once, so a response may arrive twice: the first one per `custom_id` is kept.
 """
 
@@ -101,6 +102,8 @@ def result_line(data: bytes, attributes: dict[str, str]) -> tuple[str | None, di
         response = {"status_code": None, "metadata": None, "body": data.decode("utf-8", "replace")}
     metadata = response.get("metadata")
     custom_id = metadata.get("custom_id") if isinstance(metadata, dict) else None
+    # Lingo's typed error (no backend answered) fills OpenAI's `error` field; the response stays.
+    error = response.get("error")
     line: dict[str, Any] = {
         "id": f"batch_req_{uuid.uuid4().hex}",
         "custom_id": custom_id if isinstance(custom_id, str) else None,
@@ -109,7 +112,7 @@ def result_line(data: bytes, attributes: dict[str, str]) -> tuple[str | None, di
             "request_id": attributes.get(REQUEST_MESSAGE_ID),
             "body": response.get("body"),
         },
-        "error": None,
+        "error": error if isinstance(error, dict) else None,
     }
     return line["custom_id"], line
 

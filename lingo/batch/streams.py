@@ -15,14 +15,16 @@ from collections.abc import Mapping
 
 from lingo.access_log import AccessLog
 from lingo.backoff import Backoff
+from lingo.batch.backlog import BacklogSplit
 from lingo.batch.brokers import (
+    PayloadTooLarge,
     Publisher,
     ReceiveOptions,
     Subscription,
     open_publisher,
     open_subscription,
 )
-from lingo.batch.delivery import Delivery
+from lingo.batch.delivery import Delivery, DeliveryCounter
 from lingo.batch.envelope import DEFAULT_PATHS
 from lingo.batch.handler import PUBLISH_TIMEOUT, MessageHandler, RetryPolicy
 from lingo.batch.urls import StreamSpec, parse_streams
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 RECEIVE_TIMEOUT = 5.0
 #: Pause after the first error; doubled per consecutive error up to the configured maximum.
 ERROR_BACKOFF_BASE = 0.5
-#: Seconds between backlog refreshes.
+#: Longest pause between backlog refreshes (a quarter of the autoscaling interval when shorter).
 BACKLOG_INTERVAL = 1.0
 #: Longest pause between keepalive sweeps over the messages in flight.
 KEEPALIVE_TICK = 1.0
@@ -60,6 +62,7 @@ class BatchStream:
         max_error_backoff: float = 180.0,
         allowed_paths: frozenset[str] = DEFAULT_PATHS,
         retry: RetryPolicy | None = None,
+        backlog_interval: float = BACKLOG_INTERVAL,
     ) -> None:
         #: Where from, where to, how many at once.
         self.spec = spec
@@ -71,6 +74,12 @@ class BatchStream:
         self.metrics = metrics
         #: Retries of transient failures (also sets how long Pub/Sub leases are kept).
         self.retry = retry or RetryPolicy()
+        #: The broker's backlog, split by model as demand for the autoscaler.
+        self.backlog_split = BacklogSplit(spec.requests.model)
+        #: Seconds between backlog refreshes.
+        self.backlog_interval = backlog_interval
+        #: Deliveries per message id, for brokers that do not count them.
+        self.delivery_counter = DeliveryCounter()
         #: Handles one message end to end.
         self.handler = MessageHandler(
             registry,
@@ -81,20 +90,21 @@ class BatchStream:
             allowed_paths=allowed_paths,
             retry=self.retry,
             nack_delay=self._nack_delay,
+            on_model=self.backlog_split.received,
         )
         #: Consecutive receive failures.
         self.receive_errors = Backoff(ERROR_BACKOFF_BASE, max_error_backoff)
         #: Consecutive publish failures.
         self.publish_errors = Backoff(ERROR_BACKOFF_BASE, max_error_backoff)
-        #: Messages waiting on the broker, as last reported (0 where the broker cannot tell).
-        self.backlog = 0
         #: Set while the subscription is open.
         self.opened = asyncio.Event()
         #: Times the subscription was opened: 1, plus one per reopening after a failure.
         self.opens = 0
         # Pub/Sub must be told up front how long to keep extending a message's lease.
         lease = self.retry.max_attempts * (forwarder.max_wait + self.retry.cap) + REQUEST_TIME_ALLOWANCE
-        self._receive_options = ReceiveOptions(max_outstanding=spec.max_handlers, max_lease=lease)
+        self._receive_options = ReceiveOptions(
+            max_outstanding=spec.max_handlers, max_lease=lease, max_deliveries=self.retry.max_deliveries
+        )
         self._subscription: Subscription | None = None
         self._publisher: Publisher | None = None
         self._publisher_lock = asyncio.Lock()
@@ -108,6 +118,11 @@ class BatchStream:
         self._stopping = False
 
     @property
+    def backlog(self) -> int:
+        """Messages waiting on the broker, as last reported (0 where the broker cannot tell)."""
+        return self.backlog_split.total
+
+    @property
     def in_flight(self) -> int:
         """Messages received and not settled yet."""
         return len(self._deliveries)
@@ -116,10 +131,7 @@ class BatchStream:
         """Start receiving in the background; opening the subscription is retried until it works."""
         self._loop_task = asyncio.create_task(self._receive_loop(), name=f"batch {self.label}")
         self._keepalive_task = asyncio.create_task(self._keep_alive(), name=f"keepalive {self.label}")
-        model = self.spec.requests.model
-        if model:
-            self.registry.add_backlog_source(model, lambda: self.backlog)
-        # Refreshed even without `?model=`: the status page and `lingo_batch_backlog` show it.
+        self.registry.add_backlog_source(self.backlog_split.demand)
         self._backlog_task = asyncio.create_task(self._refresh_backlog(), name=f"backlog {self.label}")
 
     async def stop(self, grace: float) -> None:
@@ -148,7 +160,8 @@ class BatchStream:
             self._keepalive_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive_task
-        self.backlog = 0
+        self.registry.remove_backlog_source(self.backlog_split.demand)
+        self.backlog_split.total = 0
         await self._close_subscription()
         async with self._publisher_lock:
             await self._close_publisher()
@@ -184,7 +197,7 @@ class BatchStream:
             self.receive_errors.reset()
             now = asyncio.get_running_loop().time()
             for message in messages:
-                self._spawn(Delivery(message, self.label, now))
+                self._spawn(Delivery(message, self.label, now, self.delivery_counter.observe(message)))
 
     async def _open_subscription(self) -> None:
         subscription = open_subscription(self.spec.requests, self._receive_options)
@@ -233,6 +246,8 @@ class BatchStream:
             # Unsettled after cancellation: stop() nacks it once its task is gone.
             if delivery.settled is not None or not self._stopping:
                 self._deliveries.discard(delivery)
+            if delivery.settled == "ack":
+                self.delivery_counter.forget(delivery.message.id)
             self._in_flight.dec()
             self._slot_freed.set()
 
@@ -259,11 +274,11 @@ class BatchStream:
                 try:
                     async with asyncio.timeout(5):
                         count = await subscription.backlog()
-                    self.backlog = count or 0
+                    self.backlog_split.total = count or 0
                     self.metrics.batch_backlog.labels(self.label).set(self.backlog)
                 except Exception as exc:
                     log.debug("backlog refresh failed", extra={"stream": self.label, "error": repr(exc)})
-            await asyncio.sleep(BACKLOG_INTERVAL)
+            await asyncio.sleep(self.backlog_interval)
 
     # -- publishing ---------------------------------------------------------------------------------
 
@@ -272,6 +287,8 @@ class BatchStream:
         try:
             publisher = await self._get_publisher()
             await publisher.publish(data, attributes)
+        except PayloadTooLarge:
+            raise  # this message's fault, not the broker's: no backoff, no reopening
         except Exception:
             self.publish_errors.next()
             if self.publish_errors.failures % PUBLISHER_REOPEN_AFTER == 0:
@@ -322,9 +339,18 @@ class BatchStreams:
     ) -> BatchStreams:
         """Streams from `settings.messengers`; a bad spec raises ConfigError naming it."""
         specs = parse_streams(settings.messengers)
+        retry = RetryPolicy(max_deliveries=settings.batch_max_deliveries)
+        # Fresh backlog numbers at every autoscaler tick, so a backlog scales up within one interval.
+        backlog_interval = max(0.05, min(BACKLOG_INTERVAL, settings.autoscaling_interval / 4))
         streams = [
             BatchStream(
-                spec, registry, forwarder, metrics, max_error_backoff=settings.messenger_error_max_backoff
+                spec,
+                registry,
+                forwarder,
+                metrics,
+                max_error_backoff=settings.messenger_error_max_backoff,
+                retry=retry,
+                backlog_interval=backlog_interval,
             )
             for spec in specs
         ]

@@ -60,6 +60,8 @@ class Response:
     metadata: Any
     body: Any
     attributes: dict[str, str]
+    #: The typed `error: {code, message}` of an answer lingo made up itself, else None.
+    error: Any = None
 
     @property
     def custom_id(self) -> str | None:
@@ -68,7 +70,9 @@ class Response:
 
 def decode(data: bytes, attributes: dict[str, str]) -> Response:
     document = orjson.loads(data)
-    return Response(document["status_code"], document["metadata"], document["body"], attributes)
+    return Response(
+        document["status_code"], document["metadata"], document["body"], attributes, document.get("error")
+    )
 
 
 def envelope(custom_id: str, model: str = "fake", **extra: Any) -> bytes:

@@ -57,3 +57,39 @@ async def test_broker_errors_on_ack_nack_and_in_progress_are_swallowed() -> None
     assert await delivery.ack() is False
     assert await delivery.nack() is False
     assert message.calls == [("in_progress", None), ("ack", None)]
+
+
+class Counted(RecordingMessage):
+    def __init__(self, message_id: str, deliveries: int | None) -> None:
+        super().__init__()
+        self.id = message_id
+        self.deliveries = deliveries
+
+
+def test_the_broker_count_wins_and_lingo_counts_where_the_broker_cannot() -> None:
+    from lingo.batch.delivery import DeliveryCounter
+
+    counter = DeliveryCounter(capacity=2)
+    assert counter.observe(Counted("n", 4)) == 4
+    assert [counter.observe(Counted("r", None)) for _ in range(3)] == [1, 2, 3]
+    counter.forget("r")
+    assert counter.observe(Counted("r", None)) == 1
+
+
+def test_the_local_count_is_bounded_least_recently_seen_first() -> None:
+    from lingo.batch.delivery import DeliveryCounter
+
+    counter = DeliveryCounter(capacity=2)
+    for message_id in ("a", "a", "b", "c"):
+        counter.observe(Counted(message_id, None))
+    assert len(counter) == 2
+    assert counter.observe(Counted("a", None)) == 1, "forgotten beyond the capacity"
+    assert counter.observe(Counted("c", None)) == 2
+
+
+def test_rabbitmq_deliveries_come_from_quorum_queues_header_or_a_first_delivery() -> None:
+    from lingo.batch.brokers.rabbit import delivery_count
+
+    assert delivery_count(False, None) == 1
+    assert delivery_count(True, 3) == 4
+    assert delivery_count(True, None) is None, "a classic queue's redelivery: lingo counts itself"

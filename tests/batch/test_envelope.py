@@ -12,12 +12,16 @@ from hypothesis import strategies as st
 
 from lingo.batch.envelope import (
     DEFAULT_PATH,
+    ERROR_CODES,
+    INVALID_REQUEST,
     EnvelopeError,
     build_response,
     check_paths,
+    error_response,
     parse_envelope,
     response_body,
 )
+from lingo.errors import DeadlineExceeded
 
 
 def message(**fields: object) -> bytes:
@@ -127,6 +131,10 @@ def test_configured_paths_must_be_plain(path: str) -> None:
         ({"options": {"max_attempts": 2.5}}, "max_attempts"),
         ({"options": {"max_attempts": 1000}}, "max_attempts"),
         ({"options": {"max_attempts": False}}, "max_attempts"),
+        ({"options": {"deadline": "tomorrow"}}, "deadline"),
+        ({"options": {"deadline": 0}}, "deadline"),
+        ({"options": {"deadline": -5}}, "deadline"),
+        ({"options": {"deadline": True}}, "deadline"),
         ({"metdata": {}}, "unknown key"),
     ],
 )
@@ -203,3 +211,36 @@ def test_any_json_either_parses_or_raises_envelope_error(document: object) -> No
 def test_any_bytes_either_parse_or_raise_envelope_error(data: bytes) -> None:
     with contextlib.suppress(EnvelopeError):
         parse_envelope(data)
+
+
+def test_a_deadline_is_read_as_unix_seconds() -> None:
+    envelope = parse_envelope(message(options={"deadline": 1_900_000_000, "max_attempts": 2}))
+    assert envelope.options.deadline == 1_900_000_000.0
+    assert envelope.options.max_attempts == 2
+
+
+def test_a_refused_envelope_carries_the_invalid_request_code_beside_the_openai_body() -> None:
+    with pytest.raises(EnvelopeError) as caught:
+        parse_envelope(message(path="/admin"))
+    document = orjson.loads(caught.value.response())
+    assert document["error"] == {"code": INVALID_REQUEST, "message": caught.value.message}
+    assert document["status_code"] == 400
+    assert document["body"]["error"]["type"] == "invalid_request_error"
+
+
+def test_an_error_response_keeps_the_existing_fields_and_adds_the_typed_error() -> None:
+    error = DeadlineExceeded("too late")
+    document = orjson.loads(error_response(error, {"custom_id": "x"}, "DEADLINE_EXCEEDED"))
+    assert document == {
+        "status_code": 504,
+        "metadata": {"custom_id": "x"},
+        "body": {"error": {"message": "too late", "type": "server_error", "code": "deadline_exceeded"}},
+        "error": {"code": "DEADLINE_EXCEEDED", "message": "too late"},
+    }
+    assert {
+        "DEADLINE_EXCEEDED",
+        "INVALID_REQUEST",
+        "MODEL_NOT_FOUND",
+        "RESPONSE_TOO_LARGE",
+        "INFERENCE_ERROR",
+    } == ERROR_CODES

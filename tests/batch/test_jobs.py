@@ -63,6 +63,14 @@ def test_a_response_becomes_an_openai_batch_output_line() -> None:
     assert line["error"] is None
 
 
+def test_a_typed_error_becomes_the_output_lines_error() -> None:
+    error = {"code": "DEADLINE_EXCEEDED", "message": "too late"}
+    data = orjson.dumps({"status_code": 504, "metadata": {"custom_id": "r-2"}, "body": {}, "error": error})
+    _, line = result_line(data, {})
+    assert line["error"] == error
+    assert line["response"]["status_code"] == 504
+
+
 def test_a_response_without_metadata_has_no_custom_id() -> None:
     custom_id, line = result_line(b'{"status_code": 400, "metadata": null, "body": {}}', {})
     assert custom_id is None and line["custom_id"] is None

@@ -15,6 +15,7 @@ import contextlib
 import math
 import os
 import string
+import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,8 @@ STATUS_HEADER = (b'{"metadata": {"custom_id": "s"}, "body": {"model": "fuzz"}}',
 class Expected:
     """The answer a request message deserves."""
 
-    #: 400 refused envelope, 404 unknown model, 200 forwarded (the backend always answers 200).
+    #: 400 refused envelope, 404 unknown model, 504 deadline already past, 200 forwarded (the
+    #: backend always answers 200).
     status: int
     #: The metadata echoed back: the request's when it is a JSON object, else None.
     metadata: Any
@@ -94,7 +96,7 @@ def expect(data: bytes) -> Expected:
         return refused
     options = document.get("options")
     if options is not None:
-        if not isinstance(options, dict) or set(options) - {"timeout_seconds", "max_attempts"}:
+        if not isinstance(options, dict) or set(options) - {"timeout_seconds", "max_attempts", "deadline"}:
             return refused
         timeout = options.get("timeout_seconds")
         if timeout is not None and not (
@@ -104,6 +106,11 @@ def expect(data: bytes) -> Expected:
         attempts = options.get("max_attempts")
         if attempts is not None and not (type(attempts) is int and 1 <= attempts <= 20):
             return refused
+        deadline = options.get("deadline")
+        if deadline is not None and not (is_number(deadline) and math.isfinite(deadline) and deadline > 0):
+            return refused
+        if deadline is not None and deadline < time.time():  # past on receipt: answered at once
+            return Expected(504, metadata)
     if model not in KNOWN_MODELS:
         return Expected(404, metadata)
     return Expected(200, metadata, orjson.dumps(body))
@@ -188,7 +195,14 @@ option_values = st.one_of(
     json_values,
 )
 options = st.one_of(
-    st.fixed_dictionaries({}, optional={"timeout_seconds": option_values, "max_attempts": option_values}),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "timeout_seconds": option_values,
+            "max_attempts": option_values,
+            "deadline": option_values,
+        },
+    ),
     st.dictionaries(
         st.sampled_from(["timeout", "max_attempt", "retries", "Timeout_seconds"]) | st.text(max_size=8),
         option_values,
@@ -258,6 +272,8 @@ RAW = [
     b'{"metadata": {}, "body": {"model": "fuzz"}}\x00',
     b'{"metadata": {"n": 123456789012345678901234567890}, "body": {"model": "fuzz"}}',
     b'{"metadata": {}, "body": {"model": "fuzz"}, "options": {"timeout_seconds": 1e999}}',
+    b'{"metadata": {}, "body": {"model": "fuzz"}, "options": {"deadline": 1}}',
+    b'{"metadata": {}, "body": {"model": "nope"}, "options": {"deadline": 1e308}}',
     b'{"metadata": {}, "body": {"model": "fuzz", "x": NaN}}',
     b'{"metadata": {"a": "\\ud800"}, "body": {"model": "fuzz"}}',
     '{"metadata": {}, "body": {"model": "fuzz"}}'.encode("utf-16"),
@@ -429,6 +445,7 @@ class Harness:
             "ok": statuses[200],
             "unknown_model": statuses[404],
             "refused": statuses[400],
+            "deadline_passed": statuses[504],
             "backend_requests": len(self.backend.requests),
         }
 
@@ -445,11 +462,14 @@ def check(response: Response, expected: Expected, data: bytes) -> None:
     assert orjson.dumps(response.metadata) == orjson.dumps(expected.metadata), (response.metadata, shown)
     if expected.status == 200:
         assert response.body == BACKEND_ANSWER, (response, shown)
+        assert response.error is None, response
         return
     error = response.body.get("error") if isinstance(response.body, dict) else None
     assert isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"], response
     if expected.status == 404:
         assert error.get("code") == "model_not_found", response
+    code = {400: "INVALID_REQUEST", 404: "MODEL_NOT_FOUND", 504: "DEADLINE_EXCEEDED"}[expected.status]
+    assert response.error["code"] == code and response.error["message"], response
 
 
 # -- brokers ----------------------------------------------------------------------------------------
@@ -509,6 +529,7 @@ def test_every_random_message_is_answered_once_refused_ones_400_and_only_allowed
     print(
         f"\nFIGURE envelope-fuzz broker={broker} examples={EXAMPLES[broker]} messages={counts['messages']} "
         f"forwarded_200={counts['ok']} unknown_model_404={counts['unknown_model']} "
-        f"refused_400={counts['refused']} backend_requests={counts['backend_requests']} "
+        f"refused_400={counts['refused']} deadline_504={counts['deadline_passed']} "
+        f"backend_requests={counts['backend_requests']} "
         f"answered_exactly_once={counts['messages']} disallowed_paths_seen=0"
     )

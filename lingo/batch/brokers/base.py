@@ -19,6 +19,10 @@ class BrokerError(Exception):
     """A broker refused or failed an operation (missing topic, closed connection, full stream…)."""
 
 
+class PayloadTooLarge(BrokerError):
+    """The broker refused a message for its size: publishing the same bytes again cannot succeed."""
+
+
 @dataclass(frozen=True)
 class ReceiveOptions:
     """How a subscription is opened."""
@@ -30,6 +34,10 @@ class ReceiveOptions:
     max_lease: float = 3600.0
     #: Durable consumer name when the URL names none (NATS).
     default_consumer: str = "lingo"
+    #: Deliveries after which lingo answers a message with an error instead of running it again
+    #: (`LINGO_BATCH_MAX_DELIVERIES`); adapters set the broker's own limit, where lingo creates
+    #: the consumer, somewhat above it. None: no limit.
+    max_deliveries: int | None = None
 
 
 class Message(Protocol):
@@ -52,6 +60,11 @@ class Message(Protocol):
     def keepalive(self) -> float | None:
         """Seconds between `in_progress()` calls while the message is handled, or None when the
         adapter (or broker) keeps the message's lease by itself."""
+
+    @property
+    def deliveries(self) -> int | None:
+        """How many times the broker has delivered this message, this time included (1 on the first
+        delivery), or None where the broker cannot tell."""
 
     async def ack(self) -> None:
         """Done: the broker forgets the message."""

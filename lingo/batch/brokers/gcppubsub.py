@@ -24,8 +24,9 @@ from typing import Any
 
 from google.api_core import exceptions as google_exceptions
 from google.cloud import pubsub_v1
+from google.cloud.pubsub_v1.publisher import exceptions as publisher_exceptions
 
-from lingo.batch.brokers.base import BrokerError, ReceiveOptions
+from lingo.batch.brokers.base import BrokerError, PayloadTooLarge, ReceiveOptions
 from lingo.batch.urls import BrokerURL
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class PubSubMessage:
         self.data: bytes = message.data
         #: The message's attributes.
         self.attributes: dict[str, str] = dict(message.attributes)
+        #: Pub/Sub's delivery attempt, set only on subscriptions with a dead-letter policy.
+        self.deliveries: int | None = message.delivery_attempt
 
     async def ack(self) -> None:
         self._message.ack()
@@ -170,9 +173,17 @@ class PubSubPublisher:
     async def publish(self, data: bytes, attributes: Mapping[str, str]) -> None:
         if self._client is None:
             raise BrokerError(f"{self.url.label}: not open")
-        future = self._client.publish(self.url.name, data, **attributes)
+        try:
+            future = self._client.publish(self.url.name, data, **attributes)
+        except publisher_exceptions.MessageTooLargeError as exc:
+            raise PayloadTooLarge(f"{self.url.label}: {len(data)} bytes: {exc}") from None
         try:
             await asyncio.wrap_future(future)
+        except google_exceptions.InvalidArgument as exc:
+            text = exc.message or repr(exc)
+            if "size" in text.lower() or "too large" in text.lower():
+                raise PayloadTooLarge(f"{self.url.label}: {len(data)} bytes: {text}") from None
+            raise BrokerError(f"{self.url.label}: {text}") from None
         except google_exceptions.GoogleAPICallError as exc:
             raise BrokerError(f"{self.url.label}: {exc.message or exc!r}") from None
 

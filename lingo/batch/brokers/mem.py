@@ -2,7 +2,8 @@
 
 A module-level registry maps names to `MemTopic`s; publishers append to a topic, subscriptions
 take from it, and a nacked message goes back on it (after its delay). Nothing survives the process.
-`MemTopic.fail_publishes` makes the next publishes fail, to exercise the nack path.
+`MemTopic.fail_publishes` makes the next publishes fail, to exercise the nack path, and
+`MemTopic.max_message_size` refuses larger messages (`PayloadTooLarge`), like a real broker's limit.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import itertools
 from collections.abc import Mapping
 
-from lingo.batch.brokers.base import BrokerError
+from lingo.batch.brokers.base import BrokerError, PayloadTooLarge
 from lingo.batch.urls import BrokerURL
 
 _ids = itertools.count(1)
@@ -30,8 +31,8 @@ class MemMessage:
         self.data = data
         #: The attributes it was published with.
         self.attributes = dict(attributes)
-        #: Times it was handed to a subscriber.
-        self.deliveries = 0
+        #: Times it was handed to a subscriber, the current time included.
+        self.deliveries: int | None = 0
 
     async def ack(self) -> None:
         self._topic.unacked.discard(self)
@@ -59,11 +60,15 @@ class MemTopic:
         self.unacked: set[MemMessage] = set()
         #: The next this many publishes fail with BrokerError (for tests).
         self.fail_publishes = 0
+        #: Largest message accepted in bytes, None for no limit (for tests).
+        self.max_message_size: int | None = None
 
     def publish(self, data: bytes, attributes: Mapping[str, str] | None = None) -> MemMessage:
         if self.fail_publishes > 0:
             self.fail_publishes -= 1
             raise BrokerError(f"mem://{self.name}: publish failed on purpose")
+        if self.max_message_size is not None and len(data) > self.max_message_size:
+            raise PayloadTooLarge(f"mem://{self.name}: {len(data)} bytes, limit {self.max_message_size}")
         message = MemMessage(self, data, attributes or {})
         self.queue.put_nowait(message)
         return message
@@ -81,7 +86,7 @@ class MemTopic:
         while len(messages) < limit and not self.queue.empty():
             messages.append(self.queue.get_nowait())
         for message in messages:
-            message.deliveries += 1
+            message.deliveries = (message.deliveries or 0) + 1
             self.unacked.add(message)
         return messages
 

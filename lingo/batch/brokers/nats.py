@@ -33,7 +33,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType
 
-from lingo.batch.brokers.base import BrokerError, ReceiveOptions
+from lingo.batch.brokers.base import BrokerError, PayloadTooLarge, ReceiveOptions
 from lingo.batch.urls import BrokerURL, ack_wait_seconds, subject_matches
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,11 @@ DEFAULT_ACK_WAIT = 30.0
 TIMEOUT = 5.0
 #: Least seconds between checks that the consumer still exists, made while no messages come.
 CONSUMER_CHECK_INTERVAL = 10.0
+#: JetStream's error code for a message larger than the stream's `max_msg_size`.
+MESSAGE_SIZE_ERROR = 10054
+#: Deliveries JetStream makes beyond lingo's own limit before it gives up on a message (its
+#: dead-letter path): room for lingo to publish the error answer, and to retry publishing it.
+MAX_DELIVER_MARGIN = 5
 
 
 def server_url() -> str:
@@ -141,9 +146,16 @@ def _setup_lock() -> asyncio.Lock:
 
 
 async def ensure_consumer(
-    js: JetStreamContext, stream: str, subject: str, name: str | None, base: str, ack_wait: float
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    name: str | None,
+    base: str,
+    ack_wait: float,
+    max_deliver: int = -1,
 ) -> tuple[str, float]:
-    """(durable name, its ack_wait) of a pull consumer of `stream` filtered on `subject`."""
+    """(durable name, its ack_wait) of a pull consumer of `stream` filtered on `subject`; one lingo
+    creates gets `max_deliver` (-1: unlimited), an existing one is used as it is."""
     candidates = [name] if name else [base, consumer_name_for(subject, base)]
     for durable in candidates:
         try:
@@ -155,6 +167,7 @@ async def ensure_consumer(
                 deliver_policy=DeliverPolicy.ALL,
                 ack_wait=ack_wait,
                 filter_subject=subject,
+                max_deliver=max_deliver,
             )
             await js.add_consumer(stream, config)
             log.info(
@@ -172,7 +185,7 @@ async def ensure_consumer(
 class NatsMessage:
     """A JetStream message from a pull consumer."""
 
-    __slots__ = ("_msg", "attributes", "data", "id", "keepalive")
+    __slots__ = ("_msg", "attributes", "data", "deliveries", "id", "keepalive")
 
     def __init__(self, msg: Msg, keepalive: float) -> None:
         self._msg = msg
@@ -184,6 +197,8 @@ class NatsMessage:
         self.attributes: dict[str, str] = dict(msg.headers or {})
         #: Seconds between in-progress acks: a third of the consumer's ack_wait.
         self.keepalive = keepalive
+        #: JetStream's delivery count of the message (`num_delivered`), this delivery included.
+        self.deliveries: int | None = msg.metadata.num_delivered
 
     async def ack(self) -> None:
         await self._msg.ack()
@@ -232,6 +247,7 @@ class NatsSubscription:
             self.url.params.get("consumer"),
             self.options.default_consumer,
             ack_wait_seconds(self.url, DEFAULT_ACK_WAIT),
+            -1 if self.options.max_deliveries is None else self.options.max_deliveries + MAX_DELIVER_MARGIN,
         )
         self._keepalive = max(0.2, ack_wait / 3)
         self._inbox = client.new_inbox()
@@ -346,13 +362,24 @@ class NatsPublisher:
                 reply = await self._client.request(self.url.name, data, timeout=TIMEOUT, headers=headers)
             except nats.errors.NoRespondersError:
                 raise BrokerError(f"{self.url.label}: no stream stores subject {self.url.name!r}") from None
+            except nats.errors.MaxPayloadError:
+                raise self._too_large(len(data)) from None
             answer = orjson.loads(reply.data)
             if "error" in answer:
                 error = answer["error"]
+                if error.get("err_code") == MESSAGE_SIZE_ERROR:
+                    raise PayloadTooLarge(f"{self.url.label}: {error.get('description') or error}")
                 raise BrokerError(f"{self.url.label}: {error.get('description') or error}")
             return
-        await self._client.publish(self.url.name, data, headers=headers)
+        try:
+            await self._client.publish(self.url.name, data, headers=headers)
+        except nats.errors.MaxPayloadError:
+            raise self._too_large(len(data)) from None
         await self._client.flush(timeout=int(TIMEOUT))
+
+    def _too_large(self, size: int) -> PayloadTooLarge:
+        limit = self._client.max_payload if self._client is not None else "?"
+        return PayloadTooLarge(f"{self.url.label}: {size} bytes exceed the server's max_payload ({limit})")
 
     async def close(self) -> None:
         client, self._client = self._client, None

@@ -32,7 +32,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from lingo.batch.brokers.base import BrokerError, ReceiveOptions
+from lingo.batch.brokers.base import BrokerError, PayloadTooLarge, ReceiveOptions
 from lingo.batch.urls import BrokerURL
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 DEFAULT_SERVER = "amqp://guest:guest@127.0.0.1:5672/"
 #: Seconds allowed for connecting and for each broker call.
 TIMEOUT = 10.0
+#: Header quorum queues set on a redelivered message: how many times it was delivered before.
+DELIVERY_COUNT = "x-delivery-count"
 
 
 def server_url() -> str:
@@ -98,6 +100,10 @@ class RabbitMessage:
         self.data = message.body
         #: The message's headers, as text.
         self.attributes = {str(k): _text(v) for k, v in (message.headers or {}).items()}
+        #: Deliveries so far, this one included: 1 on a first delivery; from quorum queues'
+        #: `x-delivery-count` (earlier deliveries) on a redelivery; None on a redelivery from a
+        #: classic queue, whose `redelivered` flag does not say how often.
+        self.deliveries = delivery_count(message.redelivered, (message.headers or {}).get(DELIVERY_COUNT))
 
     async def ack(self) -> None:
         await self._message.ack()
@@ -119,6 +125,13 @@ class RabbitMessage:
 
     async def in_progress(self) -> None:
         return None
+
+
+def delivery_count(redelivered: bool | None, header: object) -> int | None:
+    """Deliveries of a message, this one included, from what RabbitMQ tells (see `RabbitMessage`)."""
+    if isinstance(header, int) and not isinstance(header, bool) and header >= 0:
+        return header + 1
+    return None if redelivered else 1
 
 
 def _text(value: object) -> str:
@@ -227,6 +240,14 @@ class RabbitPublisher:
             await self._exchange.publish(message, routing_key=self._routing_key, timeout=TIMEOUT)
         except aio_pika.exceptions.DeliveryError as exc:
             raise BrokerError(f"{self.url.label}: the broker refused the message: {exc!r}") from None
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            # Over the server's `max_message_size`: the broker closed the channel; open another one
+            # so the (small) error answer can go out on it.
+            if "max size" not in str(exc):
+                raise
+            await self.close()
+            await self.open()
+            raise PayloadTooLarge(f"{self.url.label}: {len(data)} bytes: {exc}") from None
 
     async def close(self) -> None:
         connection, self._connection, self._exchange = self._connection, None, None
