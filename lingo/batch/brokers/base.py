@@ -44,6 +44,9 @@ class Message(Protocol):
     #: Seconds between `in_progress()` calls while the message is handled, or None when the
     #: adapter (or broker) keeps the message's lease by itself.
     keepalive: float | None
+    #: How many times the broker has delivered this message, this time included (1 on the first
+    #: delivery), or None where the broker cannot tell.
+    deliveries: int | None
 
     async def ack(self) -> None:
         """Done: the broker forgets the message."""
