@@ -142,10 +142,7 @@ def parse_url(text: str, role: Role) -> BrokerURL:
         raise ConfigError(f"batch URL {url!r}: malformed query string") from None
     params = dict(pairs)
     allowed = _QUERY_KEYS[scheme] | {"model"}
-    if role == "publish":
-        allowed = allowed - _RECEIVE_ONLY_KEYS
-    else:
-        allowed = allowed - _PUBLISH_ONLY_KEYS
+    allowed = allowed - (_RECEIVE_ONLY_KEYS if role == "publish" else _PUBLISH_ONLY_KEYS)
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise ConfigError(

@@ -12,8 +12,6 @@ import aiohttp
 
 from tests.batch.conftest import (
     BrokerKit,
-    NatsKit,
-    RabbitKit,
     collect_ids,
     envelope,
     fake_model_entry,
@@ -29,10 +27,7 @@ QUIET = 4.0
 
 
 def broker_env(kit: BrokerKit) -> dict[str, str]:
-    if isinstance(kit, NatsKit):
-        return {"NATS_SERVER_URL": kit.server}
-    assert isinstance(kit, RabbitKit)
-    return {"RABBIT_SERVER_URL": kit.server}
+    return kit.environment()
 
 
 async def batch_in_flight(serve: ServeProcess) -> float:

@@ -74,7 +74,8 @@ class _Client:
                 session.create_client(self.service, region_name=region, config=_config())
             )
         except (BotoCoreError, ClientError, OSError) as exc:
-            raise BrokerError(f"{self.url.label}: cannot create an AWS {self.service} client: {exc!r}") from None
+            what = f"cannot create an AWS {self.service} client"
+            raise BrokerError(f"{self.url.label}: {what}: {exc!r}") from None
         return self.client
 
     async def close(self) -> None:
@@ -117,9 +118,8 @@ class SqsMessage:
         #: The body, UTF-8 encoded.
         self.data = str(raw.get("Body", "")).encode()
         #: String message attributes (binary and number ones as their text).
-        self.attributes = {
-            key: str(value.get("StringValue", "")) for key, value in (raw.get("MessageAttributes") or {}).items()
-        }
+        attributes = raw.get("MessageAttributes") or {}
+        self.attributes = {key: str(value.get("StringValue", "")) for key, value in attributes.items()}
         count = (raw.get("Attributes") or {}).get("ApproximateReceiveCount")
         #: `ApproximateReceiveCount`: receives of this message so far, this one included.
         self.deliveries: int | None = int(count) if count else None
@@ -159,7 +159,9 @@ class SqsSubscription:
     async def open(self) -> None:
         client = await self._client.open()
         self.queue_url = await queue_url(client, self.url)
-        answer = await self.call("read attributes", "get_queue_attributes", AttributeNames=["VisibilityTimeout"])
+        answer = await self.call(
+            "read attributes", "get_queue_attributes", AttributeNames=["VisibilityTimeout"]
+        )
         self.lease = float(answer.get("Attributes", {}).get("VisibilityTimeout") or 30)
         if self.lease < 3:
             log.warning(
@@ -194,9 +196,10 @@ class SqsSubscription:
         left = limit - len(raw)
         if len(raw) == RECEIVE_BATCH and left > 0:
             # The queue had more: fill the free handlers with short polls made at once.
-            counts = [min(RECEIVE_BATCH, left - i * RECEIVE_BATCH) for i in range(math.ceil(left / RECEIVE_BATCH))]
+            calls = min(PARALLEL_RECEIVES, math.ceil(left / RECEIVE_BATCH))
+            counts = [min(RECEIVE_BATCH, left - i * RECEIVE_BATCH) for i in range(calls)]
             for more in await asyncio.gather(
-                *(self._receive(count, 0) for count in counts[:PARALLEL_RECEIVES]), return_exceptions=True
+                *(self._receive(count, 0) for count in counts), return_exceptions=True
             ):
                 if isinstance(more, BaseException):
                     # Messages of the calls that worked are in hand; these come back after the lease.

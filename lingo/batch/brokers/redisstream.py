@@ -11,7 +11,7 @@ bound — give it no other consumer group). Entries pending longer than the leas
 default 30 s) on any consumer — a lingo that died — are taken over with XAUTOCLAIM. While a
 message waits or runs, lingo resets its idle time (XCLAIM to itself, every third of the lease).
 A nack leaves the entry pending and sets its idle time so that it becomes claimable after the
-delay (XCLAIM … IDLE lease−delay): the entry keeps its id and its delivery count, and nothing is
+delay (XCLAIM … IDLE lease - delay): the entry keeps its id and its delivery count, and nothing is
 duplicated if lingo dies at that moment (re-adding it would create a second entry).
 
 Responses are added with XADD, fields `data` and the attributes (`request_message_id`), trimmed
@@ -182,9 +182,7 @@ class RedisSubscription:
         if not entries:
             return []
         counts = await self._delivery_counts(client, [entry_id for entry_id, _ in entries])
-        return [
-            RedisMessage(self, entry_id, fields, counts.get(_text(entry_id), 1)) for entry_id, fields in entries
-        ]
+        return [RedisMessage(self, i, fields, counts.get(_text(i), 1)) for i, fields in entries]
 
     async def _delivery_counts(self, client: Redis, ids: list[bytes]) -> dict[str, int]:
         first, last = min(ids, key=_order), max(ids, key=_order)
