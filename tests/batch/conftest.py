@@ -94,6 +94,9 @@ class BrokerKit:
     name: str
     unique: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
     collected: list[Response] = field(default_factory=list)
+    #: Publishing is slower than lingo answers (moto), and `setup()` makes the requests place, so
+    #: tests that need a backlog publish before lingo starts.
+    slow_publisher = False
 
     def messenger(self, max_handlers: int = 100, model: str | None = None) -> str:
         query = f"model={model}" if model else ""
@@ -115,6 +118,10 @@ class BrokerKit:
     async def receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
         """Responses that arrived, acked; waits up to `timeout` seconds for the first."""
         raise NotImplementedError
+
+    async def publish_many(self, items: list[bytes]) -> list[str]:
+        """Publish requests in order (in batches where the broker has them); their ids."""
+        return [await self.publish(data) for data in items]
 
     async def break_responses(self) -> None:
         """Make the next response publishes fail in the broker's own way."""
@@ -524,8 +531,11 @@ class PubSubKit(BrokerKit):
 class SqsKit(BrokerKit):
     """Requests and responses queues created here on the moto server (lingo needs them to exist).
 
-    The requests queue's visibility timeout (lingo's lease) is 3 s, like the NATS kit's ack_wait.
+    The requests queue's visibility timeout (lingo's lease) is 10 s: moto takes up to a second per
+    receive call on a queue of 1,000 messages, and shorter leases expire while extensions wait.
     """
+
+    slow_publisher = True
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -561,7 +571,7 @@ class SqsKit(BrokerKit):
         return str(url)
 
     async def setup(self) -> None:
-        await asyncio.to_thread(self._create, self.req_queue, VisibilityTimeout="3")
+        await asyncio.to_thread(self._create, self.req_queue, VisibilityTimeout="10")
         await asyncio.to_thread(self._create, self.resp_queue)
 
     async def publish(self, data: bytes, attributes: Mapping[str, str] | None = None) -> str:
@@ -572,6 +582,19 @@ class SqsKit(BrokerKit):
             }
         answer = await asyncio.to_thread(self.client().send_message, **arguments)
         return str(answer["MessageId"])
+
+    def _send_batch(self, items: list[bytes]) -> list[str]:
+        entries = [{"Id": str(i), "MessageBody": data.decode()} for i, data in enumerate(items)]
+        answer = self.client().send_message_batch(QueueUrl=self.urls[self.req_queue], Entries=entries)
+        assert not answer.get("Failed"), answer["Failed"]
+        ids = {entry["Id"]: entry["MessageId"] for entry in answer["Successful"]}
+        return [ids[str(i)] for i in range(len(items))]
+
+    async def publish_many(self, items: list[bytes]) -> list[str]:
+        ids: list[str] = []
+        for start in range(0, len(items), 10):
+            ids += await asyncio.to_thread(self._send_batch, items[start : start + 10])
+        return ids
 
     def _receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
         sqs = self.client()

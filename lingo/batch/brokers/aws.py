@@ -3,9 +3,9 @@
 Requests are received from an SQS queue (which must exist) with long polling, at most as many as
 lingo has free handlers (SQS hands out 10 per call: further calls follow at once when the first
 came back full). The queue's visibility timeout is the lease: while a message waits or runs,
-lingo extends it (ChangeMessageVisibility back to the full timeout every third of it); a nack
-sets it to the delay (0: at once); an ack deletes the message. SQS counts receives
-(`ApproximateReceiveCount`): the message's `deliveries`. A redrive policy on the queue
+lingo extends it (back to the full timeout every third of it); a nack sets it to the delay (0: at
+once); an ack deletes the message. Deletes and extensions go out in batch calls of up to 10.
+SQS counts receives (`ApproximateReceiveCount`): the message's `deliveries`. A redrive policy on the queue
 (`maxReceiveCount` → dead-letter queue) is the broker's own dead-letter path.
 
 Responses go to an SQS queue (SendMessage) or an SNS topic (Publish), with `request_message_id`
@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiobotocore.config import AioConfig
@@ -45,6 +45,8 @@ PARALLEL_RECEIVES = 8
 MAX_VISIBILITY = 43200
 #: Seconds allowed for connecting and for each call (beyond a long poll's own wait).
 TIMEOUT = 10.0
+#: Seconds an ack or a visibility extension waits for others to share its batch call.
+BATCH_LINGER = 0.02
 
 
 def _config() -> AioConfig:
@@ -101,6 +103,69 @@ async def queue_url(client: Any, url: BrokerURL) -> str:
     return str(answer["QueueUrl"])
 
 
+class _Batch:
+    """Gathers calls that SQS takes in batches of 10 (deletes, visibility changes) into batch calls.
+
+    A call waits at most `BATCH_LINGER` for others; each caller learns whether its entry failed.
+    """
+
+    def __init__(
+        self, url: BrokerURL, what: str, send: Callable[[list[dict[str, Any]]], Awaitable[Any]]
+    ) -> None:
+        self.url = url
+        self.what = what
+        self._send = send
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._calls: set[asyncio.Task[None]] = set()
+
+    def add(self, entry: dict[str, Any]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiting.append((entry, future))
+        if len(self._waiting) >= RECEIVE_BATCH:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(BATCH_LINGER, self._flush)
+        return future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._waiting:
+            batch, self._waiting = self._waiting[:RECEIVE_BATCH], self._waiting[RECEIVE_BATCH:]
+            call = asyncio.create_task(self._call(batch))
+            self._calls.add(call)
+            call.add_done_callback(self._calls.discard)
+
+    async def _call(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+        try:
+            answer = await self._send([{**entry, "Id": str(i)} for i, (entry, _) in enumerate(batch)])
+        except Exception as exc:
+            error = _error(self.url, self.what, exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        failed = {str(f.get("Id")): f for f in answer.get("Failed") or []}
+        for i, (_, future) in enumerate(batch):
+            if future.done():
+                continue
+            failure = failed.get(str(i))
+            if failure is None:
+                future.set_result(None)
+            else:
+                message = f"{failure.get('Code', '')} {failure.get('Message', '')}".strip()
+                future.set_exception(BrokerError(f"{self.url.label}: {self.what} failed: {message}"))
+
+    async def close(self) -> None:
+        """Send what waits and let the calls under way finish (bounded by the client's timeouts)."""
+        self._flush()
+        if self._calls:
+            await asyncio.wait(set(self._calls), timeout=TIMEOUT)
+
+
 def _attributes(attributes: Mapping[str, str]) -> dict[str, dict[str, str]]:
     return {key: {"DataType": "String", "StringValue": value} for key, value in attributes.items()}
 
@@ -127,7 +192,7 @@ class SqsMessage:
         self.keepalive: float | None = subscription.lease / 3
 
     async def ack(self) -> None:
-        await self._subscription.call("delete", "delete_message", ReceiptHandle=self._receipt)
+        await self._subscription.deletes.add({"ReceiptHandle": self._receipt})
 
     async def nack(self, delay: float | None = None) -> None:
         seconds = min(MAX_VISIBILITY, math.ceil(delay or 0))
@@ -136,12 +201,17 @@ class SqsMessage:
         )
 
     async def in_progress(self) -> None:
-        await self._subscription.call(
-            "extend",
-            "change_message_visibility",
-            ReceiptHandle=self._receipt,
-            VisibilityTimeout=math.ceil(self._subscription.lease),
+        # Not awaited: one sweep over the messages in flight must not wait for each batch call.
+        extended = self._subscription.extensions.add(
+            {"ReceiptHandle": self._receipt, "VisibilityTimeout": math.ceil(self._subscription.lease)}
         )
+        extended.add_done_callback(self._extended)
+
+    def _extended(self, future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            log.debug(
+                "visibility extension failed", extra={"message_id": self.id, "error": str(future.exception())}
+            )
 
 
 class SqsSubscription:
@@ -155,6 +225,15 @@ class SqsSubscription:
         #: The queue's URL, once open.
         self.queue_url = ""
         self._client = _Client("sqs", url)
+        #: Acks (DeleteMessageBatch) and visibility extensions (ChangeMessageVisibilityBatch).
+        self.deletes = _Batch(
+            url, "delete", lambda entries: self.call("delete", "delete_message_batch", Entries=entries)
+        )
+        self.extensions = _Batch(
+            url,
+            "extend",
+            lambda entries: self.call("extend", "change_message_visibility_batch", Entries=entries),
+        )
 
     async def open(self) -> None:
         client = await self._client.open()
@@ -216,6 +295,9 @@ class SqsSubscription:
         return int(answer.get("Attributes", {}).get("ApproximateNumberOfMessages") or 0)
 
     async def close(self) -> None:
+        for batch in (self.deletes, self.extensions):
+            with contextlib.suppress(Exception):
+                await batch.close()
         await self._client.close()
 
 
