@@ -153,3 +153,25 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             else:
                 os.environ[key] = value
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`host:port` of a Kafka-protocol broker (Tansu) started for this session; KAFKA_BROKERS is set."""
+    from tests.batch.support import TansuServer
+
+    reason = TansuServer.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    server = TansuServer(tmp_path_factory.mktemp("tansu"))
+    server.start()
+    saved = os.environ.get("KAFKA_BROKERS")
+    os.environ["KAFKA_BROKERS"] = server.address
+    try:
+        yield server.address
+    finally:
+        if saved is None:
+            os.environ.pop("KAFKA_BROKERS", None)
+        else:
+            os.environ["KAFKA_BROKERS"] = saved
+        server.stop()

