@@ -829,6 +829,8 @@ class KafkaKit(BrokerKit):
                 group_id="test",
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
+                session_timeout_ms=6000,
+                heartbeat_interval_ms=2000,
             )
             await self._consumer.start()
         return self._consumer
@@ -869,22 +871,16 @@ class KafkaKit(BrokerKit):
     async def requests_left(self) -> int:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        admin = await self._admin()
-        try:
-            committed = await admin.list_consumer_group_offsets(self.group)
-        finally:
-            await admin.close()
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.servers)
+        # A consumer of lingo's group that does not join it: it only reads the committed offsets.
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.servers, group_id=self.group)
         await consumer.start()
         try:
             partitions = [TopicPartition(self.req_topic, p) for p in range(2)]
             ends = await consumer.end_offsets(partitions)
+            committed = {p: await consumer.committed(p) or 0 for p in partitions}
         finally:
             await consumer.stop()
-        return sum(
-            ends[p] - (committed[p].offset if p in committed and committed[p].offset >= 0 else 0)
-            for p in partitions
-        )
+        return sum(ends[p] - committed[p] for p in partitions)
 
     async def cleanup(self) -> None:
         for client in (self._producer, self._consumer):

@@ -50,6 +50,7 @@ EXAMPLES = {
     "awssqs": 30,
     "awssns": 15,
     "redisstream": 50,
+    "kafka": 30,
 }
 #: Always tried first: a valid request whose own headers include `Status` (NATS once took it for
 #: the server's status message and dropped it, unanswered, on every redelivery).

@@ -44,6 +44,9 @@ DEFAULT_BROKERS = "127.0.0.1:9092"
 TIMEOUT = 10.0
 #: Seconds between commits of the offsets answered so far.
 COMMIT_INTERVAL = 0.2
+#: Milliseconds without heartbeat after which the group gives a member's partitions to others
+#: (Kafka's smallest allowed by default: a dead lingo's messages move on soon).
+SESSION_TIMEOUT_MS = 6000
 
 
 def brokers() -> str:
@@ -141,6 +144,8 @@ class KafkaSubscription:
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=SESSION_TIMEOUT_MS // 3,
             request_timeout_ms=int(TIMEOUT * 1000) + 30000,
             # The receive loop pauses while every handler is busy (a cold start): not a dead member.
             max_poll_interval_ms=int(self.options.max_lease * 1000),
