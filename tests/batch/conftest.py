@@ -817,6 +817,10 @@ class KafkaKit(BrokerKit):
                     )
         finally:
             await admin.close()
+        if self._consumer is not None:  # a new broker (restarted): start reading it afresh
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+            self._consumer = None
         await self._consume()  # joining the group takes seconds: not while the test waits
 
     async def _consume(self) -> Any:

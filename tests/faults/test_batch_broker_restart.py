@@ -2,11 +2,12 @@
 
 Each test runs its own broker (never the machine's shared servers) on a free port and restarts it on
 that port: a private nats-server with its own JetStream store, a private RabbitMQ node with its own
-data directory, a private redis-server with an append-only file, a private Pub/Sub emulator, a private
-moto server (SQS). Half the requests are published before the restart, half after it. NATS, RabbitMQ
-and Redis keep stored messages across the restart, so all of them must be answered; the emulator
-and moto forget everything, so only the requests published after the restart (to topics and queues
-re-created then) must be: for SQS this tests a lost connection, not a broker restart.
+data directory, a private redis-server with an append-only file, a private Pub/Sub emulator, a
+private moto server (SQS), a private Tansu (Kafka protocol, memory only). Half the requests are
+published before the restart, half after it. NATS, RabbitMQ and Redis keep stored messages across
+the restart, so all of them must be answered; the emulator, moto and Tansu forget everything, so
+only the requests published after the restart (to topics and queues re-created then) must be: for
+SQS and Kafka this tests a lost connection, not a broker restart.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 from lingo.app import Lingo
 from tests.batch.conftest import (
     BrokerKit,
+    KafkaKit,
     NatsKit,
     PubSubKit,
     RabbitKit,
@@ -38,6 +40,7 @@ from tests.batch.support import (
     PubSubEmulator,
     RabbitServer,
     RedisServer,
+    TansuServer,
     emulator_launcher,
     models,
     running_nats,
@@ -353,6 +356,50 @@ async def test_lingo_reconnects_after_losing_its_sqs_endpoint_and_loses_no_later
         await asyncio.sleep(1.0)
         await asyncio.to_thread(private_moto.start)
         await kit.setup()  # moto forgot its queues (they get the same URLs)
+
+    try:
+        outcome, wanted = await run_across_restart(kit, lingo, restart, lambda before, after: after)
+    finally:
+        await kit.cleanup()
+
+    line, missing = outcome.figure(kit, wanted)
+    answered_before = len({r.custom_id for r in kit.collected} & outcome.before)
+    print(f"{line} answered_of_those_published_before_restart={answered_before}/{HALF}")
+    assert not missing
+    assert {r.status_code for r in kit.collected} == {200}
+
+
+# -- Kafka (Tansu) ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_tansu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TansuServer]:
+    reason = TansuServer.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    server = TansuServer(tmp_path / "tansu")
+    server.start()
+    monkeypatch.setenv("KAFKA_BROKERS", server.address)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_lingo_reconnects_after_losing_its_kafka_broker_and_loses_no_later_message(
+    private_tansu: TansuServer, start_lingo: StartLingo
+) -> None:
+    kit = KafkaKit("kafka")
+    await kit.setup()
+    lingo = await start_lingo(
+        MODELS, messengers=[kit.messenger(max_handlers=50)], messenger_error_max_backoff=ERROR_MAX_BACKOFF
+    )
+
+    async def restart() -> None:
+        await asyncio.to_thread(private_tansu.stop)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(private_tansu.start)
+        await kit.setup()  # Tansu keeps topics in memory only
 
     try:
         outcome, wanted = await run_across_restart(kit, lingo, restart, lambda before, after: after)

@@ -44,6 +44,9 @@ DEFAULT_BROKERS = "127.0.0.1:9092"
 TIMEOUT = 10.0
 #: Seconds between commits of the offsets answered so far.
 COMMIT_INTERVAL = 0.2
+#: Least seconds between checks, while nothing arrives, that the log did not restart below lingo's
+#: position (a topic deleted and recreated, a broker that lost its data).
+RESET_CHECK_INTERVAL = 5.0
 #: Milliseconds without heartbeat after which the group gives a member's partitions to others
 #: (Kafka's smallest allowed by default: a dead lingo's messages move on soon).
 SESSION_TIMEOUT_MS = 6000
@@ -136,6 +139,7 @@ class KafkaSubscription:
         self._arrived = asyncio.Event()
         self._commit_task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.TimerHandle] = set()
+        self._next_reset_check = 0.0
 
     async def open(self) -> None:
         await ensure_topic(self.url, self.topic)
@@ -187,7 +191,37 @@ class KafkaSubscription:
                 messages.append(message)
         if not messages and self._again:  # a nacked message came due while waiting
             return [self._again.popleft() for _ in range(min(limit, len(self._again)))]
+        if not messages:
+            await self._check_reset(consumer)
         return messages
+
+    async def _check_reset(self, consumer: AIOKafkaConsumer) -> None:
+        """Read from the start of partitions whose log now ends before lingo's position: the fetch
+        would otherwise wait, silently, until the new log grew past it."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._next_reset_check:
+            return
+        self._next_reset_check = loop.time() + RESET_CHECK_INTERVAL
+        partitions = list(consumer.assignment())
+        if not partitions:
+            return
+        try:
+            ends = await consumer.end_offsets(partitions)
+            for partition in partitions:
+                if await consumer.position(partition) > ends[partition]:
+                    log.warning(
+                        "kafka log restarted below lingo's position; reading it from the start",
+                        extra={
+                            "group": self.group,
+                            "topic": partition.topic,
+                            "partition": partition.partition,
+                        },
+                    )
+                    consumer.seek_to_beginning(partition)
+                    for tracked in (self._open, self._answered, self._next, self._committed):
+                        tracked.pop(partition, None)  # type: ignore[attr-defined]
+        except KafkaError as exc:
+            log.debug("kafka reset check failed", extra={"group": self.group, "error": repr(exc)})
 
     def settle(self, message: KafkaMessage) -> None:
         """Answered: its offset no longer holds the partition's commit back."""
