@@ -164,7 +164,7 @@ async def test_a_response_that_cannot_be_published_is_redelivered_and_answered_l
     assert {r.status_code for r in responses} == {200}
 
 
-@pytest.fixture(params=["mem", "nats", "rabbit", "awssqs", "redisstream"])
+@pytest.fixture(params=["mem", "nats", "rabbit", "awssqs", "redisstream", "kafka"])
 async def backlog_kit(request: pytest.FixtureRequest) -> AsyncIterator[BrokerKit]:
     broker = make_kit(request.param, request)
     try:
