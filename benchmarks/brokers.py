@@ -123,7 +123,9 @@ class RedisDriver(Driver):
 
         async def collect() -> None:
             while len(seen) < count:
-                answer = await client.xreadgroup("bench", "h", {self.responses: ">"}, count=512, block=1000)
+                answer: Any = await client.xreadgroup(
+                    "bench", "h", {self.responses: ">"}, count=512, block=1000
+                )
                 entries = answer[0][1] if answer else []
                 if entries:
                     await client.xack(self.responses, "bench", *[entry_id for entry_id, _ in entries])

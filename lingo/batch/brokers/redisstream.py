@@ -158,7 +158,7 @@ class RedisSubscription:
                     if claimed:
                         return claimed
                 wait = min(deadline, self._next_claim) - loop.time()
-                answer = await client.xreadgroup(
+                answer: Any = await client.xreadgroup(
                     self.group, self.consumer, {self.stream: ">"}, count=limit, block=max(1, int(wait * 1000))
                 )
                 entries = answer[0][1] if answer else []
@@ -193,7 +193,7 @@ class RedisSubscription:
 
     async def _delivery_counts(self, client: Redis, ids: list[bytes]) -> dict[str, int]:
         first, last = min(ids, key=_order), max(ids, key=_order)
-        pending = await client.xpending_range(
+        pending: Any = await client.xpending_range(
             self.stream, self.group, min=first, max=last, count=len(ids) + 100, consumername=self.consumer
         )
         return {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
