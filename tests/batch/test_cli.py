@@ -139,12 +139,12 @@ async def test_lingo_batch_refuses_a_bad_url_with_exit_status_2(tmp_path: Path) 
         "publish",
         str(source),
         "--requests",
-        "kafka://topic",
+        "azuresb://topic",
         stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 2
-    assert "kafka://topic" in stderr.decode()
+    assert "azuresb://topic" in stderr.decode()
 
 
 async def test_the_run_library_function_against_mem_collects_every_answer(start_lingo: StartLingo) -> None:

@@ -193,8 +193,14 @@ class RedisSubscription:
 
     async def _delivery_counts(self, client: Redis, ids: list[bytes]) -> dict[str, int]:
         first, last = min(ids, key=_order), max(ids, key=_order)
+        # This consumer's pending entries in that range: the claimed ones and at most those in flight.
         pending: Any = await client.xpending_range(
-            self.stream, self.group, min=first, max=last, count=len(ids) + 100, consumername=self.consumer
+            self.stream,
+            self.group,
+            min=first,
+            max=last,
+            count=len(ids) + self.options.max_outstanding,
+            consumername=self.consumer,
         )
         return {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
 
