@@ -186,9 +186,9 @@ async def test_lingo_serve_refuses_a_bad_messenger_url_at_start_naming_it(tmp_pa
         *("--proxy-address", "127.0.0.1:0", "--health-probe-bind-address", "127.0.0.1:0"),
         *("--metrics-bind-address", "127.0.0.1:0", "--stats-address", "127.0.0.1:0"),
         "--messenger",
-        "nats://jobs|kafka://answers",
+        "nats://jobs|azuresb://answers",
         stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 2
-    assert "configuration error: batch URL 'kafka://answers'" in stderr.decode()
+    assert "configuration error: batch URL 'azuresb://answers'" in stderr.decode()
