@@ -5,9 +5,10 @@ Server: `REDIS_SERVER_URL` (default `redis://127.0.0.1:6379`). The envelope is t
 
 Requests are read with XREADGROUP as one consumer of the group (created with MKSTREAM where
 missing, reading the stream from its start); each lingo process is its own consumer. A message
-stays in the group's pending list until it is answered: then XACK and XDEL in one transaction
-(the requests stream is a work queue: answered entries are removed, so it does not grow without
-bound — give it no other consumer group). Entries pending longer than the lease (`?lease=`,
+stays in the group's pending list until it is answered: then XACK and XDEL in one transaction,
+together with the other entries answered in the same loop iteration (the requests stream is a work
+queue: answered entries are removed, so it does not grow without bound — give it no other
+consumer group). Entries pending longer than the lease (`?lease=`,
 default 30 s) on any consumer — a lingo that died — are taken over with XAUTOCLAIM. While a
 message waits or runs, lingo resets its idle time (XCLAIM to itself, every third of the lease).
 A nack leaves the entry pending and sets its idle time so that it becomes claimable after the
@@ -129,6 +130,8 @@ class RedisSubscription:
         self._client: Redis | None = None
         self._cursor = b"0-0"
         self._next_claim = 0.0
+        self._to_settle: list[tuple[str, asyncio.Future[None]]] = []
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         client = self._client = connect()
@@ -205,15 +208,39 @@ class RedisSubscription:
         return {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
 
     async def settle(self, entry_id: str) -> None:
-        """Answered: acknowledge and delete the entry in one transaction."""
-        client = self._ready()
+        """Answered: acknowledge and delete the entry (with the others answered in the same loop
+        iteration, in one transaction)."""
+        self._ready()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._to_settle.append((entry_id, future))
+        if len(self._to_settle) == 1:
+            loop.call_soon(self._flush_settles)
+        await future
+
+    def _flush_settles(self) -> None:
+        batch, self._to_settle = self._to_settle, []
+        if batch:
+            task = asyncio.create_task(self._settle_batch(batch))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def _settle_batch(self, batch: list[tuple[str, asyncio.Future[None]]]) -> None:
+        ids = [entry_id for entry_id, _ in batch]
         try:
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.xack(self.stream, self.group, entry_id)
-                pipe.xdel(self.stream, entry_id)
+            async with self._ready().pipeline(transaction=True) as pipe:
+                pipe.xack(self.stream, self.group, *ids)
+                pipe.xdel(self.stream, *ids)
                 await pipe.execute()
-        except (redis_errors.RedisError, OSError) as exc:
-            raise _error(self.url, "ack", exc) from None
+        except (BrokerError, redis_errors.RedisError, OSError) as exc:
+            error = exc if isinstance(exc, BrokerError) else _error(self.url, "ack", exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
 
     async def claim(self, entry_id: str, idle: float) -> None:
         """Keep the entry pending on this consumer with the given idle time (0: just touched)."""
@@ -241,6 +268,9 @@ class RedisSubscription:
 
     async def close(self) -> None:
         # Entries handed out and not answered stay pending: claimed after the lease (nacked ones sooner).
+        self._flush_settles()
+        if self._settling:
+            await asyncio.wait(set(self._settling), timeout=TIMEOUT)
         client, self._client = self._client, None
         if client is not None:
             await client.aclose(close_connection_pool=True)
