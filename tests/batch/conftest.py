@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ import pytest
 
 from tests.batch.support import (
     EMULATOR_PACKAGE,
+    MOTO_ACCOUNT,
+    MOTO_REGION,
     NatsServer,
     PubSubEmulator,
     emulator_launcher,
@@ -40,7 +43,10 @@ __all__ = [
 
 NATS_URL = os.environ.get("NATS_SERVER_URL") or "nats://127.0.0.1:4222"
 RABBIT_URL = os.environ.get("RABBIT_SERVER_URL") or "amqp://guest:guest@127.0.0.1:5672/"
-BROKERS = ("mem", "nats", "rabbit", "gcppubsub")
+REDIS_URL = os.environ.get("REDIS_SERVER_URL") or "redis://127.0.0.1:6379"
+BROKERS = ("mem", "nats", "rabbit", "gcppubsub", "awssqs", "awssns", "redisstream", "kafka")
+#: Brokers that keep messages across a lingo restart (the kill tests).
+DURABLE_BROKERS = ("nats", "rabbit", "awssqs", "redisstream", "kafka")
 
 FAKE_MODEL = f"[{sys.executable}, -m, lingo, fake-model, --port, '{{port}}'"
 
@@ -92,6 +98,9 @@ class BrokerKit:
     name: str
     unique: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
     collected: list[Response] = field(default_factory=list)
+    #: Publishing is slower than lingo answers (moto), and `setup()` makes the requests place, so
+    #: tests that need a backlog publish before lingo starts.
+    slow_publisher = False
 
     def messenger(self, max_handlers: int = 100, model: str | None = None) -> str:
         query = f"model={model}" if model else ""
@@ -114,6 +123,10 @@ class BrokerKit:
         """Responses that arrived, acked; waits up to `timeout` seconds for the first."""
         raise NotImplementedError
 
+    async def publish_many(self, items: list[bytes]) -> list[str]:
+        """Publish requests in order (in batches where the broker has them); their ids."""
+        return [await self.publish(data) for data in items]
+
     async def break_responses(self) -> None:
         """Make the next response publishes fail in the broker's own way."""
         raise NotImplementedError
@@ -134,6 +147,10 @@ class BrokerKit:
 
     async def cleanup(self) -> None:
         """Delete what the test created."""
+
+    def environment(self) -> dict[str, str]:
+        """Variables a `lingo serve` subprocess needs to reach this kit's broker."""
+        return {}
 
     async def collect(self, count: int, timeout: float = 30.0) -> list[Response]:
         """Wait until `count` responses arrived in all (this call and earlier ones); return all."""
@@ -241,6 +258,9 @@ class NatsKit(BrokerKit):
     def responses_url(self) -> str:
         return f"nats://{self.resp_subject}"
 
+    def environment(self) -> dict[str, str]:
+        return {"NATS_SERVER_URL": self.server}
+
     async def _js(self) -> Any:
         import nats
 
@@ -319,6 +339,9 @@ class RabbitKit(BrokerKit):
 
     def responses_url(self) -> str:
         return f"rabbit://{self.resp_queue}"
+
+    def environment(self) -> dict[str, str]:
+        return {"RABBIT_SERVER_URL": self.server}
 
     async def _channel(self) -> Any:
         import aio_pika
@@ -509,6 +532,377 @@ class PubSubKit(BrokerKit):
         await asyncio.to_thread(delete)
 
 
+class SqsKit(BrokerKit):
+    """Requests and responses queues created here on the moto server (lingo needs them to exist).
+
+    The requests queue's visibility timeout (lingo's lease) is 10 s: moto takes up to a second per
+    receive call on a queue of 1,000 messages, and shorter leases expire while extensions wait.
+    """
+
+    slow_publisher = True
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.req_queue = f"lbt-req-{self.unique}"
+        self.resp_queue = f"lbt-resp-{self.unique}"
+        self.urls: dict[str, str] = {}
+        self._sqs: Any = None
+
+    def requests_url(self, query: str = "") -> str:
+        return f"awssqs://sqs.{MOTO_REGION}.amazonaws.com/{MOTO_ACCOUNT}/{self.req_queue}" + (
+            f"?{query}" if query else ""
+        )
+
+    def responses_url(self) -> str:
+        return f"awssqs://sqs.{MOTO_REGION}.amazonaws.com/{MOTO_ACCOUNT}/{self.resp_queue}"
+
+    def environment(self) -> dict[str, str]:
+        keys = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+        return {key: os.environ[key] for key in keys if key in os.environ}
+
+    def client(self, service: str = "sqs") -> Any:
+        import boto3
+
+        if service == "sqs":
+            if self._sqs is None:
+                self._sqs = boto3.client("sqs", region_name=MOTO_REGION)
+            return self._sqs
+        return boto3.client(service, region_name=MOTO_REGION)
+
+    def _create(self, name: str, **attributes: str) -> str:
+        url = self.client().create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        self.urls[name] = url
+        return str(url)
+
+    async def setup(self) -> None:
+        await asyncio.to_thread(self._create, self.req_queue, VisibilityTimeout="10")
+        await asyncio.to_thread(self._create, self.resp_queue)
+
+    async def publish(self, data: bytes, attributes: Mapping[str, str] | None = None) -> str:
+        arguments: dict[str, Any] = {"QueueUrl": self.urls[self.req_queue], "MessageBody": data.decode()}
+        if attributes:
+            arguments["MessageAttributes"] = {
+                k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()
+            }
+        answer = await asyncio.to_thread(self.client().send_message, **arguments)
+        return str(answer["MessageId"])
+
+    def _send_batch(self, items: list[bytes]) -> list[str]:
+        entries = [{"Id": str(i), "MessageBody": data.decode()} for i, data in enumerate(items)]
+        answer = self.client().send_message_batch(QueueUrl=self.urls[self.req_queue], Entries=entries)
+        assert not answer.get("Failed"), answer["Failed"]
+        ids = {entry["Id"]: entry["MessageId"] for entry in answer["Successful"]}
+        return [ids[str(i)] for i in range(len(items))]
+
+    async def publish_many(self, items: list[bytes]) -> list[str]:
+        ids: list[str] = []
+        for start in range(0, len(items), 10):
+            ids += await asyncio.to_thread(self._send_batch, items[start : start + 10])
+        return ids
+
+    def _receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
+        sqs = self.client()
+        try:
+            answer = sqs.receive_message(
+                QueueUrl=self.urls[self.resp_queue],
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=max(0, min(20, int(timeout))),
+                MessageAttributeNames=["All"],
+            )
+        except Exception:  # the server is restarting
+            time.sleep(0.2)
+            return []
+        messages = answer.get("Messages") or []
+        if messages:
+            sqs.delete_message_batch(
+                QueueUrl=self.urls[self.resp_queue],
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+            )
+        return [
+            (
+                m["Body"].encode(),
+                {k: v.get("StringValue", "") for k, v in (m.get("MessageAttributes") or {}).items()},
+            )
+            for m in messages
+        ]
+
+    async def receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
+        messages = await asyncio.to_thread(self._receive, timeout)
+        if not messages and timeout < 1:
+            await asyncio.sleep(min(timeout, 0.1))  # a short poll returns at once
+        return messages
+
+    async def break_responses(self) -> None:
+        # The responses queue is gone: SendMessage fails until it is back.
+        await asyncio.to_thread(self.client().delete_queue, QueueUrl=self.urls[self.resp_queue])
+
+    async def heal_responses(self) -> None:
+        await asyncio.to_thread(self._create, self.resp_queue)
+
+    async def vanish_requests(self) -> None:
+        pytest.skip("SQS: lingo does not create queues; a queue recreated under its name has the same URL")
+
+    async def requests_left(self) -> int:
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        answer = await asyncio.to_thread(
+            self.client().get_queue_attributes, QueueUrl=self.urls[self.req_queue], AttributeNames=names
+        )
+        return sum(int(answer["Attributes"].get(name, 0)) for name in names)
+
+    async def cleanup(self) -> None:
+        for url in self.urls.values():
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.client().delete_queue, QueueUrl=url)
+
+
+class SnsKit(SqsKit):
+    """Requests from an SQS queue, responses published to an SNS topic that feeds an SQS queue
+    (raw message delivery: the queue gets the message itself, attributes included)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.topic_arn = f"arn:aws:sns:{MOTO_REGION}:{MOTO_ACCOUNT}:lbt-resp-{self.unique}"
+
+    def responses_url(self) -> str:
+        return f"awssns:///{self.topic_arn}"
+
+    def _topic(self) -> None:
+        sns = self.client("sns")
+        sns.create_topic(Name=self.topic_arn.rpartition(":")[2])
+        queue_arn = self.client().get_queue_attributes(
+            QueueUrl=self.urls[self.resp_queue], AttributeNames=["QueueArn"]
+        )["Attributes"]["QueueArn"]
+        sns.subscribe(
+            TopicArn=self.topic_arn,
+            Protocol="sqs",
+            Endpoint=queue_arn,
+            Attributes={"RawMessageDelivery": "true"},
+        )
+
+    async def setup(self) -> None:
+        await super().setup()
+        await asyncio.to_thread(self._topic)
+
+    async def break_responses(self) -> None:
+        # The topic is gone: Publish fails with NotFound until it is back.
+        await asyncio.to_thread(self.client("sns").delete_topic, TopicArn=self.topic_arn)
+
+    async def heal_responses(self) -> None:
+        await asyncio.to_thread(self._topic)
+
+    async def cleanup(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.client("sns").delete_topic, TopicArn=self.topic_arn)
+        await super().cleanup()
+
+
+class RedisKit(BrokerKit):
+    """Requests stream and group created by lingo; responses read through a group made here."""
+
+    def __init__(self, name: str, server: str = REDIS_URL) -> None:
+        super().__init__(name)
+        self.server = server
+        self.req_stream = f"lbt-req-{self.unique}"
+        self.resp_stream = f"lbt-resp-{self.unique}"
+        self._client: Any = None
+
+    def requests_url(self, query: str = "") -> str:
+        return f"redisstream://{self.req_stream}?group=lingo&lease=3s" + (f"&{query}" if query else "")
+
+    def responses_url(self) -> str:
+        return f"redisstream://{self.resp_stream}"
+
+    def environment(self) -> dict[str, str]:
+        return {"REDIS_SERVER_URL": self.server}
+
+    def client(self) -> Any:
+        from redis.asyncio import Redis
+
+        if self._client is None:
+            self._client = Redis.from_url(self.server, socket_connect_timeout=2)
+        return self._client
+
+    async def _group(self) -> None:
+        from redis.exceptions import ResponseError
+
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+            await self.client().xgroup_create(self.resp_stream, "test", id="0", mkstream=True)
+
+    async def setup(self) -> None:
+        await self._group()
+
+    async def publish(self, data: bytes, attributes: Mapping[str, str] | None = None) -> str:
+        fields = {**(attributes or {}), "data": data}
+        entry_id = await self.client().xadd(self.req_stream, fields)
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
+        from redis.exceptions import RedisError
+
+        client = self.client()
+        try:
+            answer = await client.xreadgroup(
+                "test", "kit", {self.resp_stream: ">"}, count=100, block=max(1, int(timeout * 1000))
+            )
+            entries = answer[0][1] if answer else []
+            if entries:
+                await client.xack(self.resp_stream, "test", *[entry_id for entry_id, _ in entries])
+        except (RedisError, OSError):  # the server is restarting
+            await asyncio.sleep(0.2)
+            return []
+        return [
+            (fields.get(b"data", b""), {k.decode(): v.decode() for k, v in fields.items() if k != b"data"})
+            for _, fields in entries
+        ]
+
+    async def break_responses(self) -> None:
+        # A string where the stream should be: XADD fails with WRONGTYPE.
+        await self.client().delete(self.resp_stream)
+        await self.client().set(self.resp_stream, "not a stream")
+
+    async def heal_responses(self) -> None:
+        await self.client().delete(self.resp_stream)
+        await self._group()
+
+    async def vanish_requests(self) -> None:
+        await self.client().delete(self.req_stream)
+
+    async def requests_left(self) -> int:
+        # Answered entries are deleted: what is left was never answered (pending or unread).
+        return int(await self.client().xlen(self.req_stream))
+
+    async def cleanup(self) -> None:
+        client = self.client()
+        await client.delete(self.req_stream, self.resp_stream)
+        await client.aclose()
+
+
+class KafkaKit(BrokerKit):
+    """Topics made here (requests: 2 partitions); responses read by the consumer group `test`."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.group = f"lbt-g-{self.unique}"
+        self.req_topic = f"lbt-req-{self.unique}"
+        self.resp_topic = f"lbt-resp-{self.unique}"
+        self._producer: Any = None
+        self._consumer: Any = None
+
+    @property
+    def servers(self) -> str:
+        return os.environ["KAFKA_BROKERS"]
+
+    def requests_url(self, query: str = "") -> str:
+        return f"kafka://{self.group}?topic={self.req_topic}" + (f"&{query}" if query else "")
+
+    def responses_url(self) -> str:
+        return f"kafka://{self.resp_topic}"
+
+    def environment(self) -> dict[str, str]:
+        return {"KAFKA_BROKERS": self.servers}
+
+    async def _admin(self) -> Any:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.servers)
+        await admin.start()
+        return admin
+
+    async def setup(self) -> None:
+        from aiokafka.admin import NewTopic
+        from aiokafka.errors import TopicAlreadyExistsError
+
+        admin = await self._admin()
+        try:
+            for topic, partitions in ((self.req_topic, 2), (self.resp_topic, 1)):
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics(
+                        [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
+                    )
+        finally:
+            await admin.close()
+        if self._consumer is not None:  # a new broker (restarted): start reading it afresh
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+            self._consumer = None
+        await self._consume()  # joining the group takes seconds: not while the test waits
+
+    async def _consume(self) -> Any:
+        from aiokafka import AIOKafkaConsumer
+
+        if self._consumer is None:
+            self._consumer = AIOKafkaConsumer(
+                self.resp_topic,
+                bootstrap_servers=self.servers,
+                group_id="test",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=6000,
+                heartbeat_interval_ms=2000,
+            )
+            await self._consumer.start()
+        return self._consumer
+
+    async def publish(self, data: bytes, attributes: Mapping[str, str] | None = None) -> str:
+        from aiokafka import AIOKafkaProducer
+
+        if self._producer is None:
+            self._producer = AIOKafkaProducer(bootstrap_servers=self.servers, acks="all")
+            await self._producer.start()
+        headers = [(k, v.encode()) for k, v in (attributes or {}).items()]
+        record = await self._producer.send_and_wait(self.req_topic, data, headers=headers)
+        return f"{record.topic}:{record.partition}:{record.offset}"
+
+    async def receive(self, timeout: float) -> list[tuple[bytes, dict[str, str]]]:
+        from aiokafka.errors import KafkaError
+
+        consumer = await self._consume()
+        try:
+            batches = await consumer.getmany(timeout_ms=int(timeout * 1000), max_records=500)
+            if batches:
+                await consumer.commit()
+        except KafkaError:  # the broker is restarting
+            await asyncio.sleep(0.2)
+            return []
+        return [
+            (bytes(r.value or b""), {k: bytes(v).decode() for k, v in r.headers})
+            for records in batches.values()
+            for r in records
+        ]
+
+    async def break_responses(self) -> None:
+        pytest.skip("Kafka: the broker creates a missing topic on produce; no refusal to provoke")
+
+    async def vanish_requests(self) -> None:
+        pytest.skip("Kafka: a consumer group is not deleted while a member is in it")
+
+    async def requests_left(self) -> int:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        # A consumer of lingo's group that does not join it: it only reads the committed offsets.
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.servers, group_id=self.group)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(self.req_topic, p) for p in range(2)]
+            ends = await consumer.end_offsets(partitions)
+            committed = {p: await consumer.committed(p) or 0 for p in partitions}
+        finally:
+            await consumer.stop()
+        return sum(ends[p] - committed[p] for p in partitions)
+
+    async def cleanup(self) -> None:
+        for client in (self._producer, self._consumer):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.stop()
+        with contextlib.suppress(Exception):
+            admin = await self._admin()
+            try:
+                await admin.delete_topics([self.req_topic, self.resp_topic])
+            finally:
+                await admin.close()
+
+
 @pytest.fixture(scope="session")
 def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`host:port` of a Pub/Sub emulator started for this session; PUBSUB_EMULATOR_HOST is set."""
@@ -547,6 +941,16 @@ def make_kit(
         if not reachable(RABBIT_URL, 5672):
             pytest.skip("no RabbitMQ server at 127.0.0.1:5672 (make services starts one)")
         return RabbitKit(name)
+    if name in ("awssqs", "awssns"):
+        request.getfixturevalue("moto_server")
+        return SqsKit(name) if name == "awssqs" else SnsKit(name)
+    if name == "redisstream":
+        if not reachable(REDIS_URL, 6379):
+            pytest.skip(f"no Redis server at {REDIS_URL} (make services starts one)")
+        return RedisKit(name)
+    if name == "kafka":
+        request.getfixturevalue("kafka_brokers")
+        return KafkaKit(name)
     request.getfixturevalue(emulator_fixture)
     return PubSubKit(name)
 
@@ -561,7 +965,7 @@ async def kit(request: pytest.FixtureRequest) -> AsyncIterator[BrokerKit]:
         await broker.cleanup()
 
 
-@pytest.fixture(params=["nats", "rabbit"])
+@pytest.fixture(params=DURABLE_BROKERS)
 async def durable_kit(request: pytest.FixtureRequest) -> AsyncIterator[BrokerKit]:
     """A fresh kit for each broker that keeps messages across a lingo restart."""
     broker = make_kit(request.param, request)

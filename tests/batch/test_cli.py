@@ -147,12 +147,12 @@ async def test_lingo_batch_refuses_a_bad_url_with_exit_status_2(tmp_path: Path) 
         "publish",
         str(source),
         "--requests",
-        "kafka://topic",
+        "azuresb://topic",
         stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 2
-    assert "kafka://topic" in stderr.decode()
+    assert "azuresb://topic" in stderr.decode()
 
 
 async def test_the_run_library_function_against_mem_collects_every_answer(start_lingo: StartLingo) -> None:
@@ -194,9 +194,9 @@ async def test_lingo_serve_refuses_a_bad_messenger_url_at_start_naming_it(tmp_pa
         *("--proxy-address", "127.0.0.1:0", "--health-probe-bind-address", "127.0.0.1:0"),
         *("--metrics-bind-address", "127.0.0.1:0", "--stats-address", "127.0.0.1:0"),
         "--messenger",
-        "nats://jobs|kafka://answers",
+        "nats://jobs|azuresb://answers",
         stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 2
-    assert "configuration error: batch URL 'kafka://answers'" in stderr.decode()
+    assert "configuration error: batch URL 'azuresb://answers'" in stderr.decode()

@@ -72,7 +72,7 @@ async def test_every_message_is_answered_after_lingo_is_killed_mid_run_and_resta
         fake_model_entry("fake", "--latency", "0.1", min_replicas=1, max_replicas=1, concurrency=4)
     )
     messenger = kit.messenger(max_handlers=50)
-    env = {"NATS_SERVER_URL": getattr(kit, "server", "")} if isinstance(kit, NatsKit) else {}
+    env = kit.environment()
     first = ServeProcess(tmp_path, models_yaml, messenger, env)
     second: ServeProcess | None = None
     try:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from lingo.batch.urls import DEFAULT_MAX_HANDLERS, parse_stream, parse_streams, parse_url, subject_matches
+from lingo.batch.urls import (
+    DEFAULT_MAX_HANDLERS,
+    aws_region,
+    parse_stream,
+    parse_streams,
+    parse_url,
+    subject_matches,
+)
 from lingo.config import ConfigError
 
 
@@ -40,7 +47,19 @@ def test_the_label_leaves_credentials_out() -> None:
         ("nats://a|nats://b|zero", "zero"),
         ("nats://a|nats://b|0", "MAX_HANDLERS"),
         ("nats://a|nats://b|1|2", "nats://a|nats://b|1|2"),
-        ("kafka://a|kafka://b", "kafka://a"),
+        ("kafka://a|kafka://b", "needs ?topic="),
+        ("kafka://g?topic=t|kafka://t", "must not go"),
+        ("kafka://g?topic=a b|kafka://t", "topic must be"),
+        ("kafka://g?topic=t|kafka://u?topic=v", "topic"),
+        ("redisstream://s|redisstream://r", "needs ?group="),
+        ("redisstream://s?group=g&maxlen=5|redisstream://r", "maxlen"),
+        ("redisstream://s?group=g|redisstream://r?maxlen=0", "maxlen must be"),
+        ("redisstream://s?group=g&lease=0s|redisstream://r", "lease must be"),
+        ("awssqs://sqs.us-east-1.amazonaws.com/q|awssqs://h/1/r", "ACCOUNT/QUEUE"),
+        ("awssns:///arn:aws:sns:us-east-1:1:t|awssqs://h/1/r", "only published to"),
+        ("awssqs://h/1/q|awssns:///arn:aws:sqs:us-east-1:1:t", "arn:aws:sns"),
+        ("awssqs://h/1/q?region=Mars 1|awssqs://h/1/r", "region"),
+        ("awssqs://h/1/q|redisstream://r", "same kind"),
         ("nats://a|rabbit://b", "same kind"),
         ("nats://a|nats://a", "must not go"),
         ("gcppubsub://projects/p/topics/top|gcppubsub://projects/p/topics/uuu", "subscriptions"),
@@ -86,3 +105,29 @@ def test_wildcard_subjects_may_be_received_from() -> None:
 )
 def test_subject_matching(pattern: str, subject: str, matches: bool) -> None:
     assert subject_matches(pattern, subject) is matches
+
+
+def test_aws_urls_name_queue_topic_and_region() -> None:
+    spec = parse_stream(
+        "awssqs://sqs.eu-west-1.amazonaws.com/123456789012/jobs?model=m|"
+        "awssns:///arn:aws:sns:eu-west-1:123456789012:answers|7"
+    )
+    assert spec.requests.name == "sqs.eu-west-1.amazonaws.com/123456789012/jobs"
+    assert aws_region(spec.requests) == "eu-west-1"
+    assert spec.responses.name == "arn:aws:sns:eu-west-1:123456789012:answers"
+    assert aws_region(spec.responses) == "eu-west-1"
+    assert aws_region(parse_url("awssqs://localhost:4566/000000000000/q?region=us-west-2", "receive")) == (
+        "us-west-2"
+    )
+
+
+def test_redis_and_kafka_urls() -> None:
+    redis = parse_url("redisstream://jobs?group=workers&lease=1m&model=m", "receive")
+    assert (redis.name, redis.params["group"], redis.params["lease"]) == ("jobs", "workers", "1m")
+    assert parse_url("redisstream://answers?maxlen=500", "publish").params["maxlen"] == "500"
+    kafka = parse_stream("kafka://workers?topic=jobs|kafka://answers")
+    assert (kafka.requests.name, kafka.requests.place, kafka.responses.place) == (
+        "workers",
+        "jobs",
+        "answers",
+    )

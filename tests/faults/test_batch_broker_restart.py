@@ -2,10 +2,12 @@
 
 Each test runs its own broker (never the machine's shared servers) on a free port and restarts it on
 that port: a private nats-server with its own JetStream store, a private RabbitMQ node with its own
-data directory, a private Pub/Sub emulator. Half the requests are published before the restart, half
-after it. NATS and RabbitMQ keep stored messages across the restart, so all of them must be
-answered; the emulator forgets everything, so only the requests published after the restart
-(to topics re-created then) must be.
+data directory, a private redis-server with an append-only file, a private Pub/Sub emulator, a
+private moto server (SQS), a private Tansu (Kafka protocol, memory only). Half the requests are
+published before the restart, half after it. NATS, RabbitMQ and Redis keep stored messages across
+the restart, so all of them must be answered; the emulator, moto and Tansu forget everything, so
+only the requests published after the restart (to topics and queues re-created then) must be: for
+SQS and Kafka this tests a lost connection, not a broker restart.
 """
 
 from __future__ import annotations
@@ -22,17 +24,23 @@ import pytest
 from lingo.app import Lingo
 from tests.batch.conftest import (
     BrokerKit,
+    KafkaKit,
     NatsKit,
     PubSubKit,
     RabbitKit,
+    RedisKit,
+    SqsKit,
     collect_ids,
     envelope,
     fake_model_entry,
 )
 from tests.batch.support import (
+    MotoServer,
     NatsServer,
     PubSubEmulator,
     RabbitServer,
+    RedisServer,
+    TansuServer,
     emulator_launcher,
     models,
     running_nats,
@@ -264,3 +272,142 @@ async def test_lingo_resubscribes_after_the_pubsub_emulator_restarts_and_loses_n
     print(f"{line} answered_of_those_published_before_restart={answered_before}/{HALF}")
     assert not missing
     assert {r.status_code for r in pubsub_kit.collected} == {200}
+
+
+# -- Redis ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if not RedisServer.available():
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def redis_kit(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RedisKit]:
+    monkeypatch.setenv("REDIS_SERVER_URL", redis_server.url)
+    kit = RedisKit("redisstream", server=redis_server.url)
+    await kit.setup()
+    try:
+        yield kit
+    finally:
+        await kit.cleanup()
+
+
+async def test_lingo_reconnects_after_its_redis_server_restarts_and_loses_no_message(
+    redis_server: RedisServer, redis_kit: RedisKit, start_lingo: StartLingo
+) -> None:
+    lingo = await start_lingo(
+        MODELS,
+        messengers=[redis_kit.messenger(max_handlers=50)],
+        messenger_error_max_backoff=ERROR_MAX_BACKOFF,
+    )
+
+    async def restart() -> None:
+        await asyncio.to_thread(redis_server.stop)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(redis_server.start)
+
+    outcome, wanted = await run_across_restart(redis_kit, lingo, restart)
+
+    line, missing = outcome.figure(redis_kit, wanted)
+    print(line)
+    assert not missing
+    assert {r.status_code for r in redis_kit.collected} == {200}
+    await lingo.batch.stop(grace=5)
+    assert await redis_kit.requests_left() == 0
+
+
+# -- SQS (moto) -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+    reason = MotoServer.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    server = MotoServer(tmp_path / "moto")
+    server.start()
+    for key, value in server.environment().items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_lingo_reconnects_after_losing_its_sqs_endpoint_and_loses_no_later_message(
+    private_moto: MotoServer, start_lingo: StartLingo
+) -> None:
+    kit = SqsKit("awssqs")
+    await kit.setup()
+    lingo = await start_lingo(
+        MODELS, messengers=[kit.messenger(max_handlers=50)], messenger_error_max_backoff=ERROR_MAX_BACKOFF
+    )
+
+    async def restart() -> None:
+        await asyncio.to_thread(private_moto.stop)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(private_moto.start)
+        await kit.setup()  # moto forgot its queues (they get the same URLs)
+
+    try:
+        outcome, wanted = await run_across_restart(kit, lingo, restart, lambda before, after: after)
+    finally:
+        await kit.cleanup()
+
+    line, missing = outcome.figure(kit, wanted)
+    answered_before = len({r.custom_id for r in kit.collected} & outcome.before)
+    print(f"{line} answered_of_those_published_before_restart={answered_before}/{HALF}")
+    assert not missing
+    assert {r.status_code for r in kit.collected} == {200}
+
+
+# -- Kafka (Tansu) ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_tansu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TansuServer]:
+    reason = TansuServer.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    server = TansuServer(tmp_path / "tansu")
+    server.start()
+    monkeypatch.setenv("KAFKA_BROKERS", server.address)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_lingo_reconnects_after_losing_its_kafka_broker_and_loses_no_later_message(
+    private_tansu: TansuServer, start_lingo: StartLingo
+) -> None:
+    kit = KafkaKit("kafka")
+    await kit.setup()
+    lingo = await start_lingo(
+        MODELS, messengers=[kit.messenger(max_handlers=50)], messenger_error_max_backoff=ERROR_MAX_BACKOFF
+    )
+
+    async def restart() -> None:
+        await asyncio.to_thread(private_tansu.stop)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(private_tansu.start)
+        await kit.setup()  # Tansu keeps topics in memory only
+
+    try:
+        outcome, wanted = await run_across_restart(kit, lingo, restart, lambda before, after: after)
+    finally:
+        await kit.cleanup()
+
+    line, missing = outcome.figure(kit, wanted)
+    answered_before = len({r.custom_id for r in kit.collected} & outcome.before)
+    print(f"{line} answered_of_those_published_before_restart={answered_before}/{HALF}")
+    assert not missing
+    assert {r.status_code for r in kit.collected} == {200}

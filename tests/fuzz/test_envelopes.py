@@ -44,7 +44,16 @@ QUIET = 1.5
 #: Seconds one example's messages may take to be answered (a broker round trip takes milliseconds).
 ANSWER_TIMEOUT = 10.0
 #: Examples per broker: many in-process, fewer where every message is a network round trip.
-EXAMPLES = {"mem": 300, "nats": 50, "rabbit": 50, "gcppubsub": 10}
+EXAMPLES = {
+    "mem": 300,
+    "nats": 50,
+    "rabbit": 50,
+    "gcppubsub": 10,
+    "awssqs": 30,
+    "awssns": 15,
+    "redisstream": 50,
+    "kafka": 30,
+}
 #: Always tried first: a valid request whose own headers include `Status` (NATS once took it for
 #: the server's status message and dropped it, unanswered, on every redelivery).
 STATUS_HEADER = (b'{"metadata": {"custom_id": "s"}, "body": {"model": "fuzz"}}', {"Status": "404"})
@@ -316,11 +325,38 @@ def usable_attributes(broker: str, attrs: dict[str, str], data: bytes) -> dict[s
         attrs = {k: v for k, v in attrs.items() if not k.lower().startswith("goog")}
         if not data and not attrs:  # Pub/Sub refuses a message with neither data nor attributes
             attrs = {"empty": "yes"}
+
+    if broker in ("awssqs", "awssns"):  # attribute values must not be empty
+        attrs = {k: v for k, v in attrs.items() if v}
+    if broker == "redisstream":  # the field `data` is the envelope itself
+        attrs = {k: v for k, v in attrs.items() if k != "data"}
     return attrs
 
 
+#: Characters an SQS message body may hold (XML's), besides the rest of the BMP and beyond.
+SQS_CONTROL = frozenset("\t\n\r")
+
+
+def usable_payload(broker: str, data: bytes) -> bool:
+    """Whether the broker carries `data` at all: SQS and SNS take non-empty text of XML characters."""
+    if broker not in ("awssqs", "awssns"):
+        return True
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return False
+    return bool(text) and all(
+        (c >= " " or c in SQS_CONTROL) and not ("\ud800" <= c <= "\udfff") and c not in "\ufffe\uffff"
+        for c in text
+    )
+
+
 def batches(broker: str) -> st.SearchStrategy[list[tuple[bytes, dict[str, str]]]]:
-    message = st.tuples(payloads, attributes).map(lambda m: (m[0], usable_attributes(broker, m[1], m[0])))
+    message = (
+        st.tuples(payloads, attributes)
+        .filter(lambda m: usable_payload(broker, m[0]))
+        .map(lambda m: (m[0], usable_attributes(broker, m[1], m[0])))
+    )
     return st.lists(message, min_size=1, max_size=4)
 
 

@@ -44,6 +44,18 @@ def open_subscription(url: BrokerURL, options: ReceiveOptions) -> Subscription:
         from lingo.batch.brokers.rabbit import RabbitSubscription
 
         return RabbitSubscription(url, options)
+    if url.scheme == "awssqs":
+        from lingo.batch.brokers.aws import SqsSubscription
+
+        return SqsSubscription(url, options)
+    if url.scheme == "redisstream":
+        from lingo.batch.brokers.redisstream import RedisSubscription
+
+        return RedisSubscription(url, options)
+    if url.scheme == "kafka":
+        from lingo.batch.brokers.kafka import KafkaSubscription
+
+        return KafkaSubscription(url, options)
     from lingo.batch.brokers.gcppubsub import PubSubSubscription
 
     return PubSubSubscription(url, options)
@@ -52,8 +64,9 @@ def open_subscription(url: BrokerURL, options: ReceiveOptions) -> Subscription:
 def open_publisher(url: BrokerURL, ensure_stream: bool = False) -> Publisher:
     """An unopened publisher for a publishing URL.
 
-    `ensure_stream` (NATS): create a stream covering the subject where none does, so messages
-    published before any consumer exists are kept (used when publishing requests).
+    `ensure_stream` (used when publishing requests): NATS creates a stream covering the subject
+    where none does, so messages published before any consumer exists are kept; Redis streams
+    are then never trimmed (a request must not be dropped unread).
     """
     if url.scheme == "mem":
         from lingo.batch.brokers.mem import MemPublisher
@@ -67,6 +80,22 @@ def open_publisher(url: BrokerURL, ensure_stream: bool = False) -> Publisher:
         from lingo.batch.brokers.rabbit import RabbitPublisher
 
         return RabbitPublisher(url)
+    if url.scheme == "awssqs":
+        from lingo.batch.brokers.aws import SqsPublisher
+
+        return SqsPublisher(url)
+    if url.scheme == "awssns":
+        from lingo.batch.brokers.aws import SnsPublisher
+
+        return SnsPublisher(url)
+    if url.scheme == "redisstream":
+        from lingo.batch.brokers.redisstream import RedisPublisher
+
+        return RedisPublisher(url, ensure_stream=ensure_stream)
+    if url.scheme == "kafka":
+        from lingo.batch.brokers.kafka import KafkaPublisher
+
+        return KafkaPublisher(url)
     from lingo.batch.brokers.gcppubsub import PubSubPublisher
 
     return PubSubPublisher(url)
