@@ -382,3 +382,25 @@ async def test_a_response_over_a_jetstream_streams_max_msg_size_is_answered_with
     assert response.custom_id == "wide", "the metadata fits: kept"
     assert len(backend.runs) == 1
     assert count(lingo, "nacked") == 0
+
+
+@pytest.mark.parametrize(("broker", "size"), [("awssqs", 300_000), ("kafka", 1_200_000)])
+async def test_a_response_over_the_brokers_message_limit_is_answered_with_response_too_large(
+    start_lingo: StartLingo, backend: Backend, request: pytest.FixtureRequest, broker: str, size: int
+) -> None:
+    # SQS refuses messages over 256 KiB, aiokafka's producer requests over 1 MiB.
+    kit = make_kit(broker, request)
+    try:
+        await kit.setup()
+        backend.size = size
+        lingo = await start_lingo(static(backend), messengers=[kit.messenger()])
+        await kit.publish(envelope("big", model="echo"))
+
+        (response,) = await kit.collect(1, timeout=30)
+
+        assert response.error["code"] == "RESPONSE_TOO_LARGE"
+        assert response.metadata == {"custom_id": "big"}
+        assert len(backend.runs) == 1
+        assert count(lingo, "nacked") == 0
+    finally:
+        await kit.cleanup()

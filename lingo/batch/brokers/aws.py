@@ -30,7 +30,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from lingo.batch.brokers.base import BrokerError, ReceiveOptions
+from lingo.batch.brokers.base import BrokerError, PayloadTooLarge, ReceiveOptions
 from lingo.batch.urls import BrokerURL, aws_region
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ MAX_VISIBILITY = 43200
 TIMEOUT = 10.0
 #: Seconds an ack or a visibility extension waits for others to share its batch call.
 BATCH_LINGER = 0.02
+#: Largest SQS message or SNS notification, body and attributes together (256 KiB).
+MAX_MESSAGE_BYTES = 262_144
 
 
 def _config() -> AioConfig:
@@ -317,6 +319,7 @@ class SqsPublisher:
         client = self._client.client
         if client is None:
             raise BrokerError(f"{self.url.label}: not open")
+        _check_size(self.url, data, attributes)
         arguments: dict[str, Any] = {"QueueUrl": self._queue_url, "MessageBody": _text(self.url, data)}
         if attributes:
             arguments["MessageAttributes"] = _attributes(attributes)
@@ -347,6 +350,7 @@ class SnsPublisher:
         client = self._client.client
         if client is None:
             raise BrokerError(f"{self.url.label}: not open")
+        _check_size(self.url, data, attributes)
         arguments: dict[str, Any] = {"TopicArn": self.url.name, "Message": _text(self.url, data)}
         if attributes:
             arguments["MessageAttributes"] = _attributes(attributes)
@@ -357,6 +361,13 @@ class SnsPublisher:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def _check_size(url: BrokerURL, data: bytes, attributes: Mapping[str, str]) -> None:
+    """Refuse up front what SQS and SNS would refuse for its size (a retry cannot cure it)."""
+    size = len(data) + sum(len(key.encode()) + len(value.encode()) + 6 for key, value in attributes.items())
+    if size > MAX_MESSAGE_BYTES:
+        raise PayloadTooLarge(f"{url.label}: {size} bytes exceed the {MAX_MESSAGE_BYTES}-byte message limit")
 
 
 def _text(url: BrokerURL, data: bytes) -> str:

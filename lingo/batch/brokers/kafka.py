@@ -30,10 +30,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from lingo.batch.brokers.base import BrokerError, ReceiveOptions
+from lingo.batch.brokers.base import BrokerError, PayloadTooLarge, ReceiveOptions
 from lingo.batch.urls import BrokerURL
 
 log = logging.getLogger(__name__)
@@ -348,6 +348,10 @@ class KafkaPublisher:
         headers = [(key, value.encode()) for key, value in attributes.items()]
         try:
             await self._producer.send_and_wait(self.url.name, data, headers=headers)
+        except MessageSizeTooLargeError as exc:
+            raise PayloadTooLarge(
+                f"{self.url.label}: {len(data)} bytes are more than Kafka accepts: {exc}"
+            ) from None
         except KafkaError as exc:
             raise BrokerError(f"{self.url.label}: produce failed: {exc!r}") from None
 
