@@ -10,6 +10,10 @@ import orjson
 from lingo.errors import BadRequest
 from lingo.proxy.multipart import model_field
 
+#: Largest body parsed only for its routing key, when `X-Model` already named the model (1 MiB:
+#: far above any prompt's first blocks, far below the uploads that header is meant for).
+MAX_EXTRA_PARSE = 1 << 20
+
 
 @dataclass(frozen=True, slots=True)
 class ParsedRequest:
@@ -45,8 +49,14 @@ def parse_request(header: str | None, content_type: str, body: bytes) -> ParsedR
 
 
 def json_document(content_type: str, body: bytes) -> Any:
-    """The JSON body of a request whose model came from `X-Model`; None when it is not JSON."""
-    if not body or content_type.split(";", 1)[0].strip().lower().startswith("multipart/"):
+    """The JSON body of a request whose model came from `X-Model`; None when it is not JSON or
+    larger than `MAX_EXTRA_PARSE` (its only use is the routing key, which is not worth a large
+    body's copy: such a request goes least-load)."""
+    if (
+        not body
+        or len(body) > MAX_EXTRA_PARSE
+        or content_type.split(";", 1)[0].strip().lower().startswith("multipart/")
+    ):
         return None
     try:
         return orjson.loads(body)
