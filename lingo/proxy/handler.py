@@ -82,6 +82,8 @@ class ProxyHandler:
             self._answer(request, out, rid, model, error_parts(error))
             return
         key = _routing_key(request, parsed, queue) if queue.chooser.wants_key else None
+        # The parsed body can be as large as the body itself: not held while the request waits.
+        del parsed, document
         await self._forward(request, out, queue, model, rid, priority, key)
 
     def _authorize(self, request: IncomingRequest) -> None:

@@ -29,6 +29,7 @@ from lingo.batch.envelope import response_body
 from lingo.batch.handler import REQUEST_HEADERS, TRANSIENT_STATUSES, RetryPolicy
 from lingo.errors import BackendUnreachable, LingoError, ModelNotFound
 from lingo.metrics import Metrics
+from lingo.prompt_key import routing_key
 from lingo.proxy.forwarder import Forwarder
 from lingo.queue import Priority
 from lingo.registry import Registry
@@ -383,7 +384,8 @@ class BatchRunner:
 
     async def _send(self, job: _Job, body: bytes) -> tuple[int, str, object]:
         """(status, request id, response body) of one line, transient failures retried."""
-        model = orjson.loads(body)["model"]
+        request = orjson.loads(body)
+        model = request["model"]
         retry = self.settings.retry
         loop = asyncio.get_running_loop()
         for attempt in range(1, retry.max_attempts + 1):
@@ -393,6 +395,11 @@ class BatchRunner:
                 error = ModelNotFound(f"The model `{model}` does not exist or is not served by this lingo.")
                 return error.status, new_id("req_"), error.body()
             request_id = new_id("req_")
+            key = (
+                routing_key(job.row["endpoint"], request, queue.group.name)
+                if queue.chooser.wants_key
+                else None
+            )
             try:
                 async with self.forwarder.exchange(
                     queue,
@@ -402,6 +409,7 @@ class BatchRunner:
                     body,
                     Priority.BATCH,
                     timeout=self.max_wait,
+                    key=key,
                 ) as exchange:
                     self.metrics.observe_wait(queue.group.name, exchange.waited)
                     data = await exchange.response.read()

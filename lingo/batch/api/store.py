@@ -490,26 +490,16 @@ class BatchStore:
                     )
             owner = batch["owner"]
             values: dict[str, Any] = {"status": status, "lease_owner": None, "lease_expires": None}
-            if output:
-                values["output_file_id"] = (
-                    await self._insert_file(
-                        connection,
-                        owner,
-                        f"{batch_id}_output.jsonl",
-                        "batch_output",
-                        b"\n".join(output) + b"\n",
+            for column, name, written in (
+                ("output_file_id", "output", output),
+                ("error_file_id", "error", errors),
+            ):
+                if written:
+                    content = b"\n".join(written) + b"\n"
+                    file = await self._insert_file(
+                        connection, owner, f"{batch_id}_{name}.jsonl", "batch_output", content
                     )
-                )["id"]
-            if errors:
-                values["error_file_id"] = (
-                    await self._insert_file(
-                        connection,
-                        owner,
-                        f"{batch_id}_error.jsonl",
-                        "batch_output",
-                        b"\n".join(errors) + b"\n",
-                    )
-                )["id"]
+                    values[column] = file["id"]
             if expired:
                 values["failed"] = batches.c.failed + expired
             if batch["finalizing_at"] is None and status == "completed":
