@@ -11,7 +11,7 @@ PREFIX = "prefix"
 #: The strategies a group may name.
 LOAD_BALANCING = (LEAST_LOAD, PREFIX)
 #: Strategy of groups that name none.
-DEFAULT_LOAD_BALANCING = PREFIX
+DEFAULT_LOAD_BALANCING = LEAST_LOAD
 #: Default load bound: an endpoint carries at most ceil(mean in flight x this).
 DEFAULT_LOAD_FACTOR = 1.25
 

@@ -104,7 +104,7 @@ def test_models_file_fills_defaults() -> None:
         and scaled.group.scale_down_delay == 12
     )
     assert scaled.group.scalable and scaled.ready_path == "/health"
-    assert (scaled.group.load_balancing, scaled.group.load_factor) == ("prefix", 1.25)
+    assert (scaled.group.load_balancing, scaled.group.load_factor) == ("least-load", 1.25)
     assert not fixed.group.scalable and fixed.endpoints == ("http://x:1",)
 
 

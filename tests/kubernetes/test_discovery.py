@@ -35,7 +35,7 @@ def test_defaults_apply_to_a_deployment_with_only_model_names():
     assert model.group.models == ("a", "b")
     assert (model.group.min_replicas, model.group.max_replicas, model.group.concurrency) == (0, 3, 100)
     assert model.group.scale_down_delay == 30.0
-    assert (model.group.load_balancing, model.group.load_factor) == ("prefix", 1.25)
+    assert (model.group.load_balancing, model.group.load_factor) == ("least-load", 1.25)
     assert (model.service, model.port) == ("llm", None)
 
 
