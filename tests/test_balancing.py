@@ -7,7 +7,7 @@ import collections
 import random
 
 from lingo.balancing import HashRing, LeastLoad, PrefixAware
-from lingo.models import LEAST_LOAD, ModelGroup
+from lingo.models import LEAST_LOAD, PREFIX, ModelGroup
 from lingo.prompt_key import RoutingKey, routing_key
 from lingo.queue import Endpoint, Lease, ModelQueue, Priority
 
@@ -157,7 +157,7 @@ def test_least_load_ignores_the_key_and_rotates_ties() -> None:
 
 
 async def test_counts_stay_exact_when_endpoints_flap_while_requests_run() -> None:
-    queue = ModelQueue(ModelGroup("m", ("m",), concurrency=4), max_queue=10_000)
+    queue = ModelQueue(ModelGroup("m", ("m",), concurrency=4, load_balancing=PREFIX), max_queue=10_000)
     urls = [f"http://e{i}" for i in range(4)]
     queue.set_endpoints(urls)
     rng = random.Random(11)
@@ -198,7 +198,7 @@ async def test_counts_stay_exact_when_endpoints_flap_while_requests_run() -> Non
 
 
 async def test_group_change_to_least_load_swaps_the_chooser_and_keeps_the_counts() -> None:
-    queue = ModelQueue(ModelGroup("m", ("m",)), max_queue=10)
+    queue = ModelQueue(ModelGroup("m", ("m",), load_balancing=PREFIX), max_queue=10)
     queue.set_endpoints(["http://a", "http://b"])
     (await queue.acquire(Priority.DEFAULT, 1, key=conversation("f"))).release()
     queue.group = ModelGroup("m", ("m",), load_balancing=LEAST_LOAD)
