@@ -81,6 +81,15 @@ def decode(data: bytes, attributes: dict[str, str]) -> Response:
     )
 
 
+def count(lingo, outcome: str) -> float:  # type: ignore[no-untyped-def]
+    """Messages of lingo's first batch stream counted with `outcome`."""
+    label = lingo.batch.streams[0].label
+    value = lingo.metrics.prometheus.get_sample_value(
+        "lingo_batch_messages_total", {"stream": label, "outcome": outcome}
+    )
+    return value or 0.0
+
+
 def envelope(custom_id: str, model: str = "fake", **extra: Any) -> bytes:
     document: dict[str, Any] = {
         "path": "/v1/completions",

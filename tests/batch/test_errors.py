@@ -15,23 +15,13 @@ from tests.batch.conftest import (
     BrokerKit,
     NatsKit,
     RabbitKit,
+    count,
     envelope,
     fake_model_entry,
     make_kit,
 )
+from tests.batch.support import models
 from tests.conftest import StartLingo, free_port, wait_for
-
-
-def models(*entries: str) -> str:
-    return "models:\n" + "".join(entries)
-
-
-def count(lingo, outcome: str) -> float:  # type: ignore[no-untyped-def]
-    label = lingo.batch.streams[0].label
-    value = lingo.metrics.prometheus.get_sample_value(
-        "lingo_batch_messages_total", {"stream": label, "outcome": outcome}
-    )
-    return value or 0.0
 
 
 @dataclass

@@ -11,20 +11,9 @@ from aiohttp import web
 
 from lingo.batch.brokers import mem
 from lingo.config import ConfigError
-from tests.batch.conftest import BrokerKit, envelope, fake_model_entry, make_kit
+from tests.batch.conftest import BrokerKit, count, envelope, fake_model_entry, make_kit
+from tests.batch.support import models
 from tests.conftest import StartLingo, wait_for
-
-
-def models(*entries: str) -> str:
-    return "models:\n" + "".join(entries)
-
-
-def count(lingo, kit: BrokerKit, outcome: str) -> float:  # type: ignore[no-untyped-def]
-    label = lingo.batch.streams[0].label
-    value = lingo.metrics.prometheus.get_sample_value(
-        "lingo_batch_messages_total", {"stream": label, "outcome": outcome}
-    )
-    return value or 0.0
 
 
 @dataclass
@@ -74,7 +63,7 @@ async def test_messages_scale_a_model_from_zero_and_each_answer_carries_its_meta
     assert all(r.attributes.get("request_message_id") for r in responses)
     assert lingo.registry.queues["fake"].endpoints, "the model was scaled up from zero"
     # Counted once acked, which follows the publish: a fast broker shows the response first.
-    await wait_for(lambda: count(lingo, kit, "answered") == len(ids), timeout=5)
+    await wait_for(lambda: count(lingo, "answered") == len(ids), timeout=5)
     batch_200 = lingo.metrics.prometheus.get_sample_value(
         "lingo_requests_total", {"model": "fake", "source": "batch", "class": "batch", "code": "200"}
     )
@@ -124,7 +113,7 @@ async def test_bad_messages_are_answered_400_or_404_once_and_never_reach_the_bac
     assert all(r.body["error"]["type"] == "invalid_request_error" for r in anonymous)
     assert "not allowed" in by_id["dotdot"].body["error"]["message"]
     assert recorder.seen == [("POST", "/v1/chat/completions")], "only the good message reached the backend"
-    assert count(lingo, kit, "invalid") == len(refused_paths) + 2 + len(without_metadata)
+    assert count(lingo, "invalid") == len(refused_paths) + 2 + len(without_metadata)
 
 
 async def test_transient_backend_failures_are_retried_until_answered(
@@ -142,7 +131,7 @@ async def test_transient_backend_failures_are_retried_until_answered(
     responses = await kit.quiet(0.5)
 
     assert [(r.custom_id, r.status_code) for r in responses] == [("flaky-1", 200)]
-    assert count(lingo, kit, "retried") == 2
+    assert count(lingo, "retried") == 2
 
 
 async def test_a_response_that_cannot_be_published_is_redelivered_and_answered_later(
@@ -156,7 +145,7 @@ async def test_a_response_that_cannot_be_published_is_redelivered_and_answered_l
     await kit.publish(envelope("first"))
     await kit.publish(envelope("second"))
 
-    await wait_for(lambda: count(lingo, kit, "nacked") >= 1, timeout=30)
+    await wait_for(lambda: count(lingo, "nacked") >= 1, timeout=30)
     await kit.heal_responses()
     responses = await kit.collect(2, timeout=40)
 
@@ -202,7 +191,7 @@ async def test_stop_lets_messages_in_flight_finish_within_the_grace_period(start
         await lingo.batch.stop(grace=10)
 
         assert sorted(r.custom_id for r in await kit.collect(2, timeout=1)) == ["slowish-0", "slowish-1"]
-        assert count(lingo, kit, "nacked") == 0
+        assert count(lingo, "nacked") == 0
     finally:
         await kit.cleanup()
 
@@ -220,7 +209,7 @@ async def test_stop_returns_unfinished_messages_to_the_broker(start_lingo: Start
 
         await lingo.batch.stop(grace=0.2)
 
-        assert count(lingo, kit, "nacked") == 3
+        assert count(lingo, "nacked") == 3
         assert mem.topic(f"req-{kit.unique}").queue.qsize() == 3
     finally:
         await kit.cleanup()
